@@ -1,0 +1,23 @@
+"""robustness-harness: plugin-based robustness tests for neural networks.
+
+The public API for plugin authors: the hook marker, the base classes and the types they
+exchange. Everything else in the package is the harness's own machinery.
+"""
+
+from .attack import Attack, AttackResult, check_target, choose_targets
+from .base import Plugin
+from .context import Context, resolve_device
+from .data import Data, DatasetPlugin
+from .errors import DataError, HarnessError, ModelError, ParamError, PluginError, SuiteError
+from .hookspecs import hookimpl
+from .metric import Evaluation, Metric
+from .model import Model, ModelPlugin
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attack", "AttackResult", "Context", "Data", "DataError", "DatasetPlugin", "Evaluation",
+    "HarnessError", "Metric", "Model", "ModelError", "ModelPlugin", "ParamError", "Plugin",
+    "PluginError", "SuiteError", "check_target", "choose_targets", "hookimpl",
+    "resolve_device", "__version__",
+]

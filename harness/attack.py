@@ -1,0 +1,189 @@
+"""Attacks: the base class owns the shared checks; subclasses implement ``run`` on a batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from .base import Plugin
+from .errors import ParamError
+
+if TYPE_CHECKING:
+    from .context import Context
+    from .model import Model
+
+#: tolerance on the [0, 1] box, for float round-off
+BOX_TOL = 1e-6
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns for a batch; every tensor is on the model's device.
+
+    ``success[i]``: ``x_adv[i]`` is classified as ``target[i]`` (targeted) or not as the true
+    label (untargeted). ``already[i]``: image i needed no perturbation at all (the model
+    already outputs the target, or already errs when untargeted); it counts as a success with
+    zero distortion. ``grad_evals[i]``/``forward_evals[i]``: model gradient / forward passes
+    image i took part in. ``distortion`` (the paper's sqrt(sum r^2 / n)), ``l2`` and
+    ``seconds`` are filled in by :class:`Attack`.
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    target: torch.Tensor | None = None
+    already: torch.Tensor | None = None
+    grad_evals: torch.Tensor | None = None
+    forward_evals: torch.Tensor | None = None
+    distortion: torch.Tensor | None = None
+    l2: torch.Tensor | None = None
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    @staticmethod
+    def concat(parts: list["AttackResult"]) -> "AttackResult":
+        def cat(name: str) -> torch.Tensor | None:
+            vals = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in vals) else torch.cat(vals)
+
+        info: dict[str, Any] = {}
+        for p in parts:
+            for k, v in p.info.items():
+                info.setdefault(k, v)
+        return AttackResult(
+            x_adv=torch.cat([p.x_adv for p in parts]),
+            success=torch.cat([p.success for p in parts]),
+            target=cat("target"), already=cat("already"), grad_evals=cat("grad_evals"),
+            forward_evals=cat("forward_evals"), distortion=cat("distortion"), l2=cat("l2"),
+            seconds=sum(p.seconds for p in parts), info=info)
+
+
+TARGET_MODES = ("next", "random", "least-likely")
+
+
+def check_target(target: str | int, param: str = "target") -> str | int:
+    """Validate a ``target`` parameter: next, random, least-likely or a label."""
+    if isinstance(target, bool):
+        raise ParamError(param, f"{target!r} is not a target")
+    if isinstance(target, int):
+        if target < 0:
+            raise ParamError(param, f"label {target} is negative")
+        return target
+    if isinstance(target, str) and target.isdigit():
+        return int(target)
+    if target not in TARGET_MODES:
+        raise ParamError(param, f"unknown target {target!r}",
+                         hint="use next, random, least-likely or a class label")
+    return target
+
+
+def choose_targets(mode: str | int, y: torch.Tensor, logits: torch.Tensor | None,
+                   num_classes: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Target labels for labels ``y``: ``next`` (y+1 mod K), ``random`` (uniform over the
+    other K-1 labels, drawn on the CPU from ``generator``), ``least-likely`` (argmin of
+    ``logits``) or a fixed label."""
+    if mode == "next":
+        return (y + 1) % num_classes
+    if mode == "random":
+        shift = torch.randint(1, num_classes, (len(y),), generator=generator)
+        return (y + shift.to(y.device)) % num_classes
+    if mode == "least-likely":
+        if logits is None:
+            raise ValueError("least-likely targets need the model's logits")
+        return logits.argmin(1)
+    label = int(mode)
+    if not 0 <= label < num_classes:
+        raise ParamError("target", f"label {label} is out of range for {num_classes} classes")
+    return torch.full_like(y, label)
+
+
+class Attack(Plugin):
+    """Base of attacks. ``attack(model, x, y, ctx)`` checks the inputs, splits them into
+    batches of ``self.batch_size`` (when the attack has that parameter), calls :meth:`run` on
+    each, checks what comes back (shape, device, the box) and fills in distortion and time.
+
+    ``sweep`` names a parameter that may be given as a list in a suite; the harness then runs
+    the attack once per value (``gaussian-noise`` with ``stddev: [0.1, 0.3]``).
+    """
+
+    kind: ClassVar[str] = "attack"
+    sweep: ClassVar[str | None] = None
+    #: whether the attack needs gradients of the model
+    needs_gradients: ClassVar[bool] = True
+
+    def run(self, model: "Model", x: torch.Tensor, y: torch.Tensor,
+            ctx: "Context") -> AttackResult:
+        """Attack one batch ``x`` (on ``model.device``) with true labels ``y``."""
+        raise NotImplementedError
+
+    def variants(self) -> list[tuple[str, "Attack"]]:
+        """``[(label, attack)]``: one per value of the sweep parameter, else ``[("", self)]``."""
+        if self.sweep is None:
+            return [("", self)]
+        values = getattr(self, self.sweep)
+        if not isinstance(values, (list, tuple)):
+            return [("", self)]
+        out = []
+        for v in values:
+            params = self.params()
+            params[self.sweep] = v
+            clone = type(self)(**params)
+            out.append((f"{self.sweep}={v}", clone))
+        return out
+
+    def __call__(self, model: "Model", x: torch.Tensor, y: torch.Tensor,
+                 ctx: "Context | None" = None) -> AttackResult:
+        from .context import Context
+
+        ctx = ctx or Context(device=model.device)
+        if tuple(x.shape[1:]) != model.input_shape:
+            raise ValueError(f"inputs of shape {tuple(x.shape[1:])} do not fit model "
+                             f"{model.name!r} (expects {model.input_shape})")
+        x = x.to(model.device)
+        y = y.to(model.device)
+        if x.numel() and (x.min() < -BOX_TOL or x.max() > 1 + BOX_TOL):
+            raise ValueError("attack inputs must lie in [0, 1]")
+        bs = getattr(self, "batch_size", None) or len(x) or 1
+        parts = []
+        for i in range(0, len(x), bs):
+            xb, yb = x[i:i + bs], y[i:i + bs]
+            if xb.is_cuda:
+                torch.cuda.synchronize(xb.device)
+            t0 = time.perf_counter()
+            res = self.run(model, xb, yb, ctx)
+            if xb.is_cuda:
+                torch.cuda.synchronize(xb.device)
+            res = replace(res, seconds=time.perf_counter() - t0)
+            self._check(res, xb)
+            parts.append(res)
+        res = AttackResult.concat(parts) if len(parts) != 1 else parts[0]
+        r = (res.x_adv - x).flatten(1)
+        n = r.shape[1]
+        res.l2 = r.norm(dim=1)
+        res.distortion = res.l2 / n ** 0.5
+        if res.already is None:
+            res.already = torch.zeros_like(res.success)
+        zeros = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        if res.grad_evals is None:
+            res.grad_evals = zeros
+        if res.forward_evals is None:
+            res.forward_evals = zeros
+        return res
+
+    def _check(self, res: AttackResult, x: torch.Tensor) -> None:
+        where = f"attack {self!r}"
+        if res.x_adv.shape != x.shape:
+            raise RuntimeError(f"{where} returned x_adv of shape {tuple(res.x_adv.shape)} "
+                               f"for inputs {tuple(x.shape)}")
+        if res.x_adv.device != x.device:
+            raise RuntimeError(f"{where} returned x_adv on {res.x_adv.device}, not {x.device}")
+        if res.success.shape != (len(x),) or res.success.dtype != torch.bool:
+            raise RuntimeError(f"{where} returned a success mask that is not bool [{len(x)}]")
+        if len(x) and (res.x_adv.min() < -BOX_TOL or res.x_adv.max() > 1 + BOX_TOL):
+            raise RuntimeError(f"{where} left the [0, 1] box")

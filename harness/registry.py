@@ -1,0 +1,144 @@
+"""Name -> plugin class, per kind; building a plugin from a suite's parameters."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import typing
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import pluggy
+import pydantic
+
+from .attack import Attack
+from .base import Plugin
+from .data import DatasetPlugin
+from .errors import ParamError, PluginError
+from .metric import Metric
+from .model import ModelPlugin
+
+#: kind -> (hook name, base class)
+KINDS: dict[str, tuple[str, type]] = {
+    "model": ("register_models", ModelPlugin),
+    "dataset": ("register_datasets", DatasetPlugin),
+    "attack": ("register_attacks", Attack),
+    "metric": ("register_metrics", Metric),
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    cls: type[Plugin]
+    plugin: str         # the entry point (or registered object) that provided it
+    distribution: str   # "name version", or "-" when not installed from a distribution
+
+    @property
+    def summary(self) -> str:
+        doc = inspect.getdoc(self.cls) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """Every plugin class the plugin manager's hooks register, by kind and name."""
+
+    def __init__(self, pm: pluggy.PluginManager):
+        self.pm = pm
+        self._entries: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
+        dists = {id(plugin): f"{dist.project_name} {dist.version}"
+                 for plugin, dist in pm.list_plugin_distinfo()}
+        for kind, (hook_name, base) in KINDS.items():
+            for impl in getattr(pm.hook, hook_name).get_hookimpls():
+                source = pm.get_name(impl.plugin) or repr(impl.plugin)
+                dist = dists.get(id(impl.plugin), "-")
+                impl.function(register=self._registrar(kind, base, source, dist))
+
+    def _registrar(self, kind: str, base: type, source: str, dist: str):
+        def register(name: str, cls: type) -> None:
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"plugin {source!r} registered a {kind} with a bad name {name!r}")
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise PluginError(f"plugin {source!r} registered {kind} {name!r} as {cls!r}, "
+                                  f"which is not a subclass of harness.{base.__name__}")
+            have = self._entries[kind].get(name)
+            if have is not None:
+                raise PluginError(
+                    f"{kind} {name!r} is registered twice: by {have.plugin} ({have.distribution}) "
+                    f"and by {source} ({dist})",
+                    hint="uninstall one, or block one with HARNESS_BLOCK_PLUGINS=<entry point>")
+            cls.name = name
+            self._entries[kind][name] = Entry(kind, name, cls, source, dist)
+
+        return register
+
+    def entries(self, kind: str | None = None) -> Iterator[Entry]:
+        for k in ([kind] if kind else KINDS):
+            yield from sorted(self._entries[k].values(), key=lambda e: e.name)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._entries[kind])
+
+    def get(self, kind: str, name: str) -> Entry:
+        if kind not in KINDS:
+            raise PluginError(f"unknown plugin kind {kind!r}", hint=f"kinds: {', '.join(KINDS)}")
+        try:
+            return self._entries[kind][name]
+        except (KeyError, TypeError):
+            known = self.names(kind)
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint += f"{kind}s: {', '.join(known) or '(none installed)'}"
+            raise PluginError(f"unknown {kind} {name!r}", hint=hint) from None
+
+    def build(self, kind: str, name: str, params: dict[str, Any] | None = None) -> Any:
+        """An instance of plugin ``name`` with ``params`` checked against its constructor.
+
+        Raises :class:`PluginError` for an unknown name and :class:`ParamError` (naming the
+        parameter) for an unknown, missing or ill-typed parameter.
+        """
+        entry = self.get(kind, name)
+        return instantiate(entry.cls, params or {}, label=f"{kind} {name!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except Exception:
+        return {}
+
+
+def instantiate(cls: type[Plugin], params: dict[str, Any], label: str) -> Any:
+    sig = cls.parameters()
+    for key in params:
+        if key not in sig:
+            close = difflib.get_close_matches(key, list(sig), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint += f"{label} takes: {', '.join(sig) or 'no parameters'}"
+            raise ParamError(key, f"unknown parameter {key!r} for {label}", hint=hint)
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for key, p in sig.items():
+        if key not in params:
+            if p.default is inspect.Parameter.empty:
+                raise ParamError(key, f"{label} needs parameter {key!r}")
+            continue
+        value = params[key]
+        ann = hints.get(key)
+        if ann is not None:
+            try:
+                value = pydantic.TypeAdapter(ann).validate_python(value)
+            except pydantic.ValidationError as exc:
+                err = exc.errors()[0]
+                raise ParamError(key, f"{key}={value!r} is invalid for {label}: "
+                                      f"{err['msg'].lower()}") from None
+            except pydantic.PydanticSchemaGenerationError:
+                pass
+        values[key] = value
+    try:
+        return cls(**values)
+    except ParamError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ParamError("", f"{label}: {exc}") from None

@@ -1,0 +1,40 @@
+"""The paper's baseline: Gaussian noise of a given size, clipped to the box."""
+
+from __future__ import annotations
+
+import torch
+
+from harness import Attack, AttackResult, Context, Model, ParamError
+
+
+class GaussianNoise(Attack):
+    """x + N(0, stddev^2) per pixel, clipped to [0, 1]; ``stddev`` a number or a list.
+
+    Untargeted: a success is an input the model misclassifies after the noise. The noise is
+    drawn from the run's seed on the CPU, so every model of a suite sees the same noisy images.
+    """
+
+    sweep = "stddev"
+    needs_gradients = False
+
+    def __init__(self, *, stddev: float | list[float] = 0.1):
+        values = stddev if isinstance(stddev, list) else [stddev]
+        if not values:
+            raise ParamError("stddev", "stddev is an empty list")
+        for v in values:
+            if not v >= 0:
+                raise ParamError("stddev", f"stddev must be >= 0, not {v}")
+        self.stddev = stddev
+
+    def run(self, model: Model, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> AttackResult:
+        if isinstance(self.stddev, list):
+            raise ValueError("run one stddev at a time (see Attack.variants)")
+        gen = ctx.generator(self.name or "gaussian-noise", float(self.stddev), tuple(x.shape))
+        noise = torch.randn(x.shape, generator=gen).to(x.device)
+        x_adv = (x + self.stddev * noise).clamp_(0.0, 1.0)
+        with torch.no_grad():
+            clean = model(x).argmax(1)
+            pred = model(x_adv).argmax(1)
+        ones = torch.ones(len(x), dtype=torch.long, device=x.device)
+        return AttackResult(x_adv=x_adv, success=pred != y, already=clean != y,
+                            forward_evals=2 * ones)

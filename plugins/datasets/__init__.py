@@ -1,0 +1,153 @@
+"""Built-in datasets: MNIST (torchvision's loader) and scikit-learn's bundled 8x8 digits."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from harness import Context, Data, DataError, DatasetPlugin, ParamError, hookimpl
+
+DATA_ENV = "HARNESS_DATA_DIR"
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _check_limit(limit: int | None) -> int | None:
+    if limit is not None and limit < 1:
+        raise ParamError("limit", f"limit must be at least 1, not {limit}")
+    return limit
+
+
+def data_roots(root: str | None, ctx: Context) -> list[Path]:
+    """Where to look for data, first match wins: the suite's ``root``, ``--data-dir``,
+    ``$HARNESS_DATA_DIR``, then the harness's cache."""
+    roots = [Path(root).expanduser()] if root else []
+    if ctx.data_dir:
+        roots.append(Path(ctx.data_dir).expanduser())
+    if os.environ.get(DATA_ENV):
+        roots.append(Path(os.environ[DATA_ENV]).expanduser())
+    roots.append(ctx.cache_dir / "data")
+    return roots
+
+
+def _find_mnist_files(root: Path) -> dict[str, Path] | None:
+    """The four MNIST files (``.gz`` or unpacked) in any of the usual layouts under ``root``."""
+    for folder in (root / "MNIST" / "raw", root / "mnist", root / "mnist" / "raw",
+                   root / "MNIST", root):
+        found = {}
+        for stem in MNIST_FILES:
+            for cand in (folder / stem, folder / f"{stem}.gz"):
+                if cand.is_file():
+                    found[stem] = cand
+                    break
+        if len(found) == len(MNIST_FILES):
+            return found
+    return None
+
+
+class MNIST(DatasetPlugin):
+    """MNIST handwritten digits (28x28, 10 classes) through torchvision's loader.
+
+    Splits: ``train`` (60,000), ``test`` (10,000), ``p1``/``p2`` (the first and the second
+    30,000 training images: the paper's disjoint halves). Reads the four original IDX files
+    (``.gz`` or unpacked) from ``root``, ``--data-dir`` or ``$HARNESS_DATA_DIR``, in
+    torchvision's layout (``ROOT/MNIST/raw/``) or flat (``ROOT/mnist/``); downloads them into
+    the cache when they are nowhere and the network allows.
+    """
+
+    def __init__(self, *, split: Literal["train", "test", "p1", "p2"] = "test",
+                 limit: int | None = None, root: str | None = None, download: bool = True):
+        self.split = split
+        self.limit = _check_limit(limit)
+        self.root = root
+        self.download = download
+
+    def _torchvision_root(self, ctx: Context) -> Path:
+        roots = data_roots(self.root, ctx)
+        for root in roots:
+            found = _find_mnist_files(root)
+            if found is None:
+                continue
+            raw = {p.parent for p in found.values()}
+            if len(raw) == 1 and raw.pop() == root / "MNIST" / "raw":
+                return root
+            # another layout: link the files into torchvision's layout inside the cache
+            digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+            stage = ctx.cache_dir / "mnist-staging" / digest
+            target = stage / "MNIST" / "raw"
+            target.mkdir(parents=True, exist_ok=True)
+            for path in found.values():
+                link = target / path.name
+                if link.is_symlink() or link.exists():
+                    if link.resolve() == path.resolve():
+                        continue
+                    link.unlink()
+                link.symlink_to(path.resolve())
+            return stage
+        if not self.download:
+            raise DataError(
+                f"MNIST not found in {', '.join(str(r) for r in roots)}",
+                hint="pass --data-dir DIR with the four MNIST files in DIR/mnist/ or DIR/MNIST/raw/")
+        return roots[-1]
+
+    def load(self, ctx: Context) -> Data:
+        from torchvision.datasets import MNIST as TorchvisionMNIST
+
+        root = self._torchvision_root(ctx)
+        train = self.split != "test"
+        try:
+            ds = TorchvisionMNIST(str(root), train=train, download=self.download)
+        except (RuntimeError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(
+                f"MNIST could not be read or downloaded into {root} ({first})",
+                hint="offline? pass --data-dir DIR with the four MNIST files "
+                     "(train-images-idx3-ubyte.gz, ...) in DIR/mnist/ or DIR/MNIST/raw/") from None
+        x = ds.data.unsqueeze(1).float().div_(255.0)
+        y = ds.targets.long()
+        if self.split == "p1":
+            x, y = x[:30000], y[:30000]
+        elif self.split == "p2":
+            x, y = x[30000:], y[30000:]
+        data = Data(x, y, 10, f"mnist:{self.split}", [str(i) for i in range(10)])
+        return data.head(self.limit)
+
+
+class Digits(DatasetPlugin):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), offline.
+
+    Splits: ``train`` (the 1,437 images whose index is not a multiple of 5), ``test`` (the
+    360 that are), ``all``. Pixels scaled from 0..16 to [0, 1].
+    """
+
+    def __init__(self, *, split: Literal["train", "test", "all"] = "test",
+                 limit: int | None = None):
+        self.split = split
+        self.limit = _check_limit(limit)
+
+    def load(self, ctx: Context) -> Data:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = torch.tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
+        y = torch.tensor(bunch.target, dtype=torch.long)
+        idx = torch.arange(len(y))
+        if self.split == "train":
+            keep = idx % 5 != 0
+        elif self.split == "test":
+            keep = idx % 5 == 0
+        else:
+            keep = torch.ones_like(idx, dtype=torch.bool)
+        data = Data(x[keep], y[keep], 10, f"digits:{self.split}", [str(i) for i in range(10)])
+        return data.head(self.limit)
+
+
+@hookimpl
+def register_datasets(register):
+    register("mnist", MNIST)
+    register("digits", Digits)

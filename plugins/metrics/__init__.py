@@ -1,0 +1,139 @@
+"""Built-in metrics: error rates, attack success, distortion and cost."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from harness import Evaluation, Metric, hookimpl
+
+
+class CleanError(Metric):
+    """Error rate on the unperturbed inputs."""
+
+    description = "share of clean inputs the model misclassifies"
+    higher_is_better = False
+
+    def compute(self, ev: Evaluation) -> float:
+        return float((ev.clean_pred != ev.y).float().mean())
+
+
+class AdvError(Metric):
+    """Error rate on the attacked inputs (the paper's tables): prediction != true label."""
+
+    description = "share of attacked inputs the model misclassifies"
+    needs_attack = True
+    higher_is_better = False
+
+    def compute(self, ev: Evaluation) -> float | None:
+        if ev.adv_pred is None:
+            return None
+        return float((ev.adv_pred != ev.y).float().mean())
+
+
+class SuccessRate(Metric):
+    """Share of inputs on which the attack reached its goal (the target, or any error)."""
+
+    description = "share of inputs where the attack reached its goal"
+    needs_attack = True
+    higher_is_better = False
+
+    def compute(self, ev: Evaluation) -> float | None:
+        if ev.result is None:
+            return None
+        return float(ev.result.success.float().mean())
+
+
+class _SuccessfulDistortion(Metric):
+    """Per-image distortion sqrt(sum r^2 / n) over the successful images."""
+
+    needs_attack = True
+    higher_is_better = True
+    reduce: ClassVar[str] = "mean"
+    field: ClassVar[str] = "distortion"
+
+    def compute(self, ev: Evaluation) -> float | None:
+        if ev.result is None:
+            return None
+        values = getattr(ev.result, self.field)[ev.result.success]
+        if values.numel() == 0:
+            return float("nan")
+        if self.reduce == "median":
+            return float(values.float().quantile(0.5))
+        return float(values.float().mean())
+
+
+class MeanDistortion(_SuccessfulDistortion):
+    """Mean of the paper's distortion sqrt(sum r^2 / n) over successful images."""
+
+    description = "mean RMS perturbation sqrt(sum r^2 / n) over successful images"
+
+
+class MedianDistortion(_SuccessfulDistortion):
+    """Median of the paper's distortion sqrt(sum r^2 / n) over successful images."""
+
+    description = "median RMS perturbation over successful images"
+    reduce = "median"
+
+
+class MeanL2(_SuccessfulDistortion):
+    """Mean L2 norm of the perturbation over successful images."""
+
+    description = "mean L2 norm of the perturbation over successful images"
+    field = "l2"
+
+
+class Seconds(Metric):
+    """Wall time of the attack, in seconds."""
+
+    description = "attack wall time in seconds"
+    needs_attack = True
+    higher_is_better = False
+
+    def compute(self, ev: Evaluation) -> float | None:
+        return None if ev.result is None else float(ev.result.seconds)
+
+
+class GradEvals(Metric):
+    """Mean number of model gradient evaluations per image."""
+
+    description = "mean model gradient evaluations per image"
+    needs_attack = True
+    higher_is_better = False
+
+    def compute(self, ev: Evaluation) -> float | None:
+        if ev.result is None or ev.result.grad_evals is None:
+            return None
+        return float(ev.result.grad_evals.float().mean())
+
+
+class AlreadyRate(Metric):
+    """Share of inputs that needed no perturbation (already the target, or already wrong)."""
+
+    description = "share of inputs already adversarial before the attack"
+    needs_attack = True
+
+    def compute(self, ev: Evaluation) -> float | None:
+        if ev.result is None or ev.result.already is None:
+            return None
+        return float(ev.result.already.float().mean())
+
+
+BUILTIN: dict[str, type[Metric]] = {
+    "clean_error": CleanError,
+    "adv_error": AdvError,
+    "success_rate": SuccessRate,
+    "mean_distortion": MeanDistortion,
+    "median_distortion": MedianDistortion,
+    "mean_l2": MeanL2,
+    "seconds": Seconds,
+    "grad_evals": GradEvals,
+    "already_rate": AlreadyRate,
+}
+
+
+@hookimpl
+def register_metrics(register):
+    for name, cls in BUILTIN.items():
+        register(name, cls)

@@ -1,0 +1,10 @@
+"""Built-in models: the paper's MNIST nets (trained on first use, cached) and any torch module."""
+
+from harness import hookimpl
+
+from .torch_factory import TorchModel
+
+
+@hookimpl
+def register_models(register):
+    register("torch", TorchModel)
