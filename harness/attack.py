@@ -151,17 +151,20 @@ class Attack(Plugin):
             raise ValueError("attack inputs must lie in [0, 1]")
         bs = getattr(self, "batch_size", None) or len(x) or 1
         parts = []
-        for i in range(0, len(x), bs):
-            xb, yb = x[i:i + bs], y[i:i + bs]
-            if xb.is_cuda:
-                torch.cuda.synchronize(xb.device)
-            t0 = time.perf_counter()
-            res = self.run(model, xb, yb, ctx)
-            if xb.is_cuda:
-                torch.cuda.synchronize(xb.device)
-            res = replace(res, seconds=time.perf_counter() - t0)
-            self._check(res, xb)
-            parts.append(res)
+        with ctx.progress(f"{self.name or type(self).__name__} on {model.name or 'model'}",
+                          len(x), "img") as bar:
+            for i in range(0, len(x), bs):
+                xb, yb = x[i:i + bs], y[i:i + bs]
+                if xb.is_cuda:
+                    torch.cuda.synchronize(xb.device)
+                t0 = time.perf_counter()
+                res = self.run(model, xb, yb, ctx)
+                if xb.is_cuda:
+                    torch.cuda.synchronize(xb.device)
+                res = replace(res, seconds=time.perf_counter() - t0)
+                self._check(res, xb)
+                parts.append(res)
+                bar.update(len(xb))
         res = AttackResult.concat(parts) if len(parts) != 1 else parts[0]
         r = (res.x_adv - x).flatten(1)
         n = r.shape[1]

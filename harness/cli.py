@@ -1,0 +1,191 @@
+"""The command line: parse arguments, call the core, print, and turn errors into exit codes.
+
+Exit codes: 0 all good; 1 a gate failed or a test errored (the others still ran and were
+written); 2 invalid input (suite, arguments, missing files, unknown plugin, a broken model);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from .errors import HarnessError
+
+KINDS = ("model", "dataset", "attack", "metric")
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@contextmanager
+def _tqdm_progress(desc: str, total: int | None = None, unit: str = "it") -> Iterator[Any]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
+               disable=None, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def _event_printer(quiet: bool):
+    def on_event(kind: str, info: dict[str, Any]) -> None:
+        if quiet:
+            return
+        from tqdm import tqdm
+
+        if kind == "start":
+            line = f"running {info['cases']} case(s) on {info['device']}, seed {info['seed']}"
+        elif kind == "model_start":
+            line = f"  model {info['model']}: loading"
+        elif kind == "model_end":
+            status = "ready" if info["status"] == "ok" else f"FAILED: {info['error']}"
+            line = f"  model {info['model']}: {status} ({info['seconds']:.1f} s)"
+        elif kind == "case_end":
+            status = "ok" if info["status"] == "ok" else f"ERROR: {info['error']}"
+            line = (f"[{info['n']}/{info['of']}] {info['test']} x {info['model']}: {status} "
+                    f"({info['seconds']:.1f} s)")
+        else:
+            return
+        tqdm.write(line, file=sys.stderr)
+
+    return on_event
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="robustness-harness", prog_name="harness")
+def cli() -> None:
+    """Robustness tests for neural networks: plugins, YAML suites, tabulated reports."""
+
+
+@cli.command()
+@click.option("--kind", type=click.Choice(KINDS), help="Only plugins of this kind.")
+def plugins(kind: str | None) -> int:
+    """List the installed plugins: kind, name, and the distribution providing each."""
+    from tabulate import tabulate
+
+    from .plugins import default_registry
+
+    registry = default_registry()
+    rows = [[e.kind, e.name, e.distribution, e.summary] for e in registry.entries(kind)]
+    click.echo(tabulate(rows, headers=["kind", "name", "distribution", "description"],
+                        tablefmt="simple", maxcolwidths=[None, None, None, 70]))
+    return 0
+
+
+@cli.command()
+@click.argument("suite", type=click.Path(path_type=Path))
+def validate(suite: Path) -> int:
+    """Check a suite (schema, plugins and their parameters) without running it."""
+    from .plugins import default_registry
+    from .suite import load_suite
+
+    s = load_suite(suite, default_registry())
+    n_cases = sum(len(s.test_models(t)) for t in s.tests)
+    click.echo(f"{suite}: valid ({len(s.models)} model(s), {len(s.tests)} test(s), "
+               f"{n_cases} case(s), {len(s.gates)} gate(s))")
+    return 0
+
+
+@cli.command()
+@click.argument("suite", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Run folder to write (default reports/<suite name>-<timestamp>/).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (default: the suite's, else auto).")
+@click.option("--data-dir", type=click.Path(path_type=Path),
+              help="Folder holding datasets (e.g. DIR/mnist/*.gz); also $HARNESS_DATA_DIR.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N images per test.")
+@click.option("--seed", type=int, help="Override the suite's seed.")
+@click.option("--no-cache", is_flag=True, help="Retrain models instead of using cached weights.")
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="Model/data cache (default $HARNESS_CACHE_DIR or ~/.cache/robustness-harness).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output; tables only.")
+def run(suite: Path, out: Path | None, device: str | None, data_dir: Path | None,
+        limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
+        quiet: bool) -> int:
+    """Run a suite, print its tables and write its run folder."""
+    from .context import resolve_device, silent_progress
+    from .plugins import default_registry
+    from .report import build_tables, render_markdown, render_terminal
+    from .runner import RunOptions, run_suite
+    from .store import RunStore, default_run_dir
+    from .suite import load_suite
+
+    if data_dir is not None and not data_dir.is_dir():
+        raise HarnessError(f"--data-dir {data_dir}: no such folder")
+    if device is not None:
+        resolve_device(device)
+    registry = default_registry()
+    s = load_suite(suite, registry)
+    store = RunStore(out or default_run_dir(s.name))
+    options = RunOptions(device=device, seed=seed, data_dir=data_dir, limit=limit,
+                         cache_dir=cache_dir, use_cache=not no_cache,
+                         progress=silent_progress if quiet else _tqdm_progress,
+                         on_event=_event_printer(quiet))
+    result, code = run_suite(s, registry, store, options, command=sys.argv)
+    summary, tables = build_tables(store)
+    store.write_text("report.md", render_markdown(summary, tables))
+    click.echo(render_terminal(summary, tables), nl=False)
+    for case in result.errors:
+        _err(f"error: {case.test} x {case.model}: {case.error}")
+    if (store.path / "errors.log").exists():
+        _err(f"tracebacks of internal errors: {store.path / 'errors.log'}")
+    _err(f"run folder: {store.path}")
+    return code
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir: Path) -> int:
+    """Re-render the tables of a run folder without recomputing anything."""
+    from .report import build_tables, render_terminal
+    from .store import RunStore
+
+    summary, tables = build_tables(RunStore(run_dir))
+    click.echo(render_terminal(summary, tables), nl=False)
+    return 0
+
+
+#: click >= 8.2 raises this for a bare ``harness``: show the help, it is not an error
+_NO_ARGS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``harness`` command; returns (and exits with) the exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="harness", standalone_mode=False)
+    except HarnessError as exc:
+        _err(f"error: {exc}")
+        code = exc.exit_code
+    except _NO_ARGS_HELP as exc:
+        click.echo(exc.format_message())
+        code = 0
+    except click.UsageError as exc:
+        cmd = exc.ctx.command_path if exc.ctx else "harness"
+        _err(f"error: {exc.format_message()} (see '{cmd} --help')")
+        code = 2
+    except click.ClickException as exc:
+        _err(f"error: {exc.format_message()}")
+        code = 2
+    except click.exceptions.Abort:
+        _err("interrupted")
+        code = 130
+    except KeyboardInterrupt:
+        _err("interrupted")
+        code = 130
+    if code is None:
+        code = 0
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

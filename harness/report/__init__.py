@@ -1,0 +1,183 @@
+"""Reporters: read a run folder, never compute. Tables pivoted like the paper's (models as
+rows, metrics as columns), for the terminal and for report.md."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tabulate import tabulate
+
+from ..errors import HarnessError
+from ..store import RunStore
+from ..suite import Suite, parse_suite, test_metrics
+
+PERCENT_SUFFIXES = ("_error", "_rate")
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+
+
+def metric_format(metric: str) -> str:
+    if metric.endswith(PERCENT_SUFFIXES):
+        return "percent"
+    if metric == "seconds":
+        return "seconds"
+    return "number"
+
+
+def fmt(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    value = float(value)
+    if kind == "percent":
+        pct = 100 * value
+        return f"{pct:.0f}%" if pct in (0.0, 100.0) else f"{pct:.3g}%"
+    if kind == "seconds":
+        return f"{value:.2f}"
+    if value == 0:
+        return "0"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.3g}"
+
+
+def _suite_of(store: RunStore) -> Suite:
+    try:
+        return parse_suite(store.suite_text(), str(store.path / "suite.yaml"))
+    except HarnessError as exc:
+        raise HarnessError(f"the run's suite cannot be read again: {exc}") from None
+
+
+def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
+    """The summary and every table of a run, from its folder alone."""
+    store.check()
+    summary = store.summary()
+    suite = _suite_of(store)
+    df = store.results()
+    tables: list[Table] = []
+
+    lookup: dict[tuple[str, str, str, str], float] = {}
+    for rec in df.itertuples(index=False):
+        lookup[(rec.test, rec.model, rec.metric, rec.param or "")] = rec.value
+
+    for table in suite.tables:
+        tables.append(_layout_table(suite, table, lookup))
+
+    for test in suite.tests:
+        metrics = [m.use for m in test_metrics(test)]
+        sub = df[df["test"] == test.name]
+        params = list(dict.fromkeys(p for p in sub["param"].tolist()))
+        with_param = any(params)
+        headers = ["model"] + (["setting"] if with_param else []) + metrics
+        rows = []
+        for mid in suite.test_models(test):
+            for param in (params or [""]):
+                vals = [lookup.get((test.name, mid, m, param)) for m in metrics]
+                if all(v is None for v in vals):
+                    continue
+                rows.append([mid] + ([param] if with_param else [])
+                            + [fmt(v, metric_format(m)) for m, v in zip(metrics, vals)])
+        title = f"Test {test.name}"
+        if test.attack is not None:
+            params_txt = ", ".join(f"{k}={v}" for k, v in test.attack.params.items())
+            title += f": {test.attack.use}" + (f" ({params_txt})" if params_txt else "")
+        spec = test.data or suite.data
+        n = sub["n"].iloc[0] if "n" in sub.columns and len(sub) else None
+        notes = [f"data: {spec.use} " + ", ".join(f"{k}={v}" for k, v in spec.params.items())
+                 + (f"; {int(n)} images" if n is not None and n == n else "")] if spec else []
+        tables.append(Table(title, headers, rows, notes))
+
+    verdicts = summary.get("gates") or []
+    if verdicts:
+        rows = []
+        for v in verdicts:
+            bound = " and ".join(
+                s for s in (f">= {v['min']:g}" if v.get("min") is not None else "",
+                            f"<= {v['max']:g}" if v.get("max") is not None else "") if s)
+            value = v.get("value")
+            shown = (", ".join(fmt(x, "number") for x in value) if isinstance(value, list)
+                     else fmt(value, "number"))
+            rows.append([v["test"], v["model"], v["metric"] + (f" [{v['param']}]" if v.get("param") else ""),
+                         bound, shown, "PASS" if v["passed"] else "FAIL", v.get("reason", "")])
+        tables.append(Table("Gates", ["test", "model", "metric", "required", "value", "verdict",
+                                      "why"], rows))
+
+    failed_cases = [c for c in summary.get("cases", []) if c.get("status") != "ok"]
+    if failed_cases:
+        tables.append(Table("Errors", ["test", "model", "error"],
+                            [[c["test"], c["model"], c.get("error") or ""] for c in failed_cases]))
+    return summary, tables
+
+
+def _layout_table(suite: Suite, table: Any, lookup: dict) -> Table:
+    ref = table.reference
+    headers = ["model"]
+    for col in table.columns:
+        headers.append(col.header or col.metric)
+        if ref:
+            headers.append("paper")
+    rows = []
+    for mid in table.rows or list(suite.models):
+        label = (table.labels or {}).get(mid, mid)
+        row = [label]
+        ref_vals = (ref.rows.get(mid) if ref else None) or []
+        for k, col in enumerate(table.columns):
+            kind = col.format or metric_format(col.metric)
+            row.append(fmt(lookup.get((col.test, mid, col.metric, col.param or "")), kind))
+            if ref:
+                row.append(fmt(ref_vals[k] if k < len(ref_vals) else None, kind))
+        rows.append(row)
+    notes = []
+    if ref:
+        notes.append(f"paper: {ref.source}")
+    if table.notes:
+        notes.append(table.notes.strip())
+    return Table(table.title, headers, rows, notes)
+
+
+def header_lines(summary: dict[str, Any]) -> list[str]:
+    suite = summary.get("suite", {})
+    lines = [f"suite {suite.get('name', '?')} ({suite.get('file', '?')}), seed {summary.get('seed')}, "
+             f"device {summary.get('device')}, {summary.get('seconds', 0):.1f} s"]
+    if summary.get("interrupted"):
+        lines.append("INTERRUPTED: the tables hold only the cases that finished")
+    return lines
+
+
+def render_terminal(summary: dict[str, Any], tables: list[Table]) -> str:
+    out = header_lines(summary)
+    for t in tables:
+        out += ["", t.title]
+        out.append(tabulate(t.rows, headers=t.headers, tablefmt="simple", disable_numparse=True)
+                   if t.rows else "(no results)")
+        out += [f"  {n}" for n in t.notes]
+    verdict = summary.get("verdict")
+    if verdict:
+        out += ["", verdict]
+    return "\n".join(out) + "\n"
+
+
+def render_markdown(summary: dict[str, Any], tables: list[Table]) -> str:
+    suite = summary.get("suite", {})
+    out = [f"# Run of suite `{suite.get('name', '?')}`", ""]
+    out += [f"- {line}" for line in header_lines(summary)]
+    versions = summary.get("versions") or {}
+    if versions:
+        out.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    if summary.get("verdict"):
+        out.append(f"- verdict: **{summary['verdict']}**")
+    for t in tables:
+        out += ["", f"## {t.title}", ""]
+        out.append(tabulate(t.rows, headers=t.headers, tablefmt="github", disable_numparse=True)
+                   if t.rows else "(no results)")
+        if t.notes:
+            out.append("")
+            out += [f"{n}  " for n in t.notes]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,347 @@
+"""Plan and run a suite: each test on each of its models. No printing, no click: the result
+comes back as an object, progress goes through the callbacks given."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .context import Context, ProgressFactory, default_cache_dir, resolve_device, silent_progress
+from .data import Data
+from .errors import DataError, HarnessError, ModelError
+from .metric import Evaluation
+from .model import Model
+from .registry import Registry
+from .suite import Loc, Suite, TestConfig, check_plugins, test_metrics
+
+EventHandler = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class RunOptions:
+    """Command-line overrides and environment of one run."""
+
+    device: str | None = None        # overrides the suite's device
+    seed: int | None = None          # overrides the suite's seed
+    data_dir: Path | None = None
+    limit: int | None = None         # at most this many images per test
+    cache_dir: Path | None = None
+    use_cache: bool = True
+    progress: ProgressFactory = silent_progress
+    on_event: EventHandler = field(default=lambda kind, info: None)
+
+
+@dataclass
+class CaseResult:
+    test: str
+    model: str
+    status: str                       # "ok" or "error"
+    seconds: float = 0.0
+    error: str | None = None
+    error_kind: str | None = None     # "input" (the user's to fix) or "internal" (a bug)
+    traceback: str | None = None
+    images: int = 0
+
+
+@dataclass
+class ModelInfo:
+    id: str
+    spec: dict[str, Any]
+    status: str = "ok"
+    seconds: float = 0.0
+    error: str | None = None
+    error_kind: str | None = None
+    traceback: str | None = None
+
+
+@dataclass
+class RunResult:
+    suite: Suite
+    seed: int
+    device: str
+    started: str
+    finished: str | None = None
+    seconds: float = 0.0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    cases: list[CaseResult] = field(default_factory=list)
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def errors(self) -> list[CaseResult]:
+        return [c for c in self.cases if c.status != "ok"]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed, "device": self.device, "started": self.started,
+            "finished": self.finished, "seconds": round(self.seconds, 3),
+            "interrupted": self.interrupted,
+            "cases": [asdict(c) for c in self.cases],
+            "models": [asdict(m) for m in self.models.values()],
+        }
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str | None]:
+    """(message, kind, traceback) for an exception raised inside a case."""
+    if isinstance(exc, HarnessError):
+        return str(exc), "input", None
+    return (f"{type(exc).__name__}: {exc}", "internal",
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+
+
+class Runner:
+    """Runs every (test, model) case of a suite; a failing case is recorded and the others
+    still run."""
+
+    def __init__(self, suite: Suite, registry: Registry, options: RunOptions | None = None):
+        self.suite = suite
+        self.registry = registry
+        self.options = options or RunOptions()
+        self.built: dict[Loc, Any] = check_plugins(suite, registry)
+        self.device = resolve_device(self.options.device or suite.device)
+        self.seed = self.options.seed if self.options.seed is not None else suite.seed
+        self.ctx = Context(device=self.device, seed=self.seed, data_dir=self.options.data_dir,
+                           cache_dir=self.options.cache_dir or default_cache_dir(),
+                           use_cache=self.options.use_cache, progress=self.options.progress,
+                           registry=registry)
+        self._models: dict[str, Model | None] = {}
+
+    def cases(self) -> list[tuple[int, TestConfig, str]]:
+        return [(i, t, mid) for i, t in enumerate(self.suite.tests)
+                for mid in self.suite.test_models(t)]
+
+    def run(self, checkpoint: Callable[[RunResult], None] | None = None) -> RunResult:
+        """Run all cases; ``checkpoint(result)`` is called after each one (to save it)."""
+        emit = self.options.on_event
+        result = RunResult(self.suite, self.seed, str(self.device), _now())
+        t_start = time.perf_counter()
+        plan = self.cases()
+        emit("start", {"cases": len(plan), "device": str(self.device), "seed": self.seed})
+        try:
+            for n, (i, test, mid) in enumerate(plan, 1):
+                emit("case_start", {"n": n, "of": len(plan), "test": test.name, "model": mid})
+                case = self._run_case(i, test, mid, result)
+                result.cases.append(case)
+                emit("case_end", {"n": n, "of": len(plan), **asdict(case)})
+                result.seconds = time.perf_counter() - t_start
+                if checkpoint:
+                    checkpoint(result)
+        except KeyboardInterrupt:
+            result.interrupted = True
+        result.finished = _now()
+        result.seconds = time.perf_counter() - t_start
+        return result
+
+    # ------------------------------------------------------------------ pieces
+
+    def _data(self, i: int, test: TestConfig) -> Data:
+        loc: Loc = ("tests", i, "data") if test.data is not None else ("data",)
+        spec = self.suite.test_data(test)
+        assert spec is not None
+        try:
+            data = self.ctx.dataset(spec.use, **spec.params)
+        except HarnessError as exc:
+            raise type(exc)(f"{self._where(loc)}{exc.message}", hint=exc.hint) from None
+        return data.head(self.options.limit)
+
+    def _where(self, loc: Loc) -> str:
+        line = self.suite.line(loc)
+        return f"{self.suite.file}:{line}: " if line else ""
+
+    def _model(self, mid: str, result: RunResult) -> Model:
+        if mid not in self._models:
+            spec = dict(self.suite.models[mid])
+            info = ModelInfo(mid, spec)
+            result.models[mid] = info
+            self.options.on_event("model_start", {"model": mid})
+            t0 = time.perf_counter()
+            try:
+                model = self.built[("models", mid)].load(self.ctx)
+                if not isinstance(model, Model):
+                    raise TypeError(f"model plugin {spec['use']!r} returned "
+                                    f"{type(model).__name__}, not a harness.Model")
+                model.name = mid
+                self._models[mid] = model
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                info.error, info.error_kind, info.traceback = _describe(exc)
+                info.status = "error"
+                self._models[mid] = None
+            info.seconds = time.perf_counter() - t0
+            self.options.on_event("model_end", {"model": mid, "status": info.status,
+                                                "seconds": info.seconds, "error": info.error})
+        model = self._models[mid]
+        if model is None:
+            info = result.models[mid]
+            raise _ModelUnavailable(f"model {mid!r} could not be loaded: {info.error}",
+                                    info.error_kind or "internal")
+        return model
+
+    def _run_case(self, i: int, test: TestConfig, mid: str, result: RunResult) -> CaseResult:
+        t0 = time.perf_counter()
+        case = CaseResult(test.name, mid, "ok")
+        try:
+            model = self._model(mid, result)
+            data = self._data(i, test)
+            case.images = len(data)
+            result.records.extend(self._evaluate(i, test, mid, model, data))
+        except KeyboardInterrupt:
+            raise
+        except _ModelUnavailable as exc:
+            case.status, case.error, case.error_kind = "error", str(exc), exc.kind
+        except Exception as exc:
+            case.status = "error"
+            case.error, case.error_kind, case.traceback = _describe(exc)
+        case.seconds = time.perf_counter() - t0
+        return case
+
+    def _evaluate(self, i: int, test: TestConfig, mid: str, model: Model,
+                  data: Data) -> list[dict[str, Any]]:
+        if data.input_shape != model.input_shape:
+            raise DataError(f"test {test.name!r}: images of shape {list(data.input_shape)} "
+                            f"({data.name}) do not fit model {mid!r}, which takes "
+                            f"{list(model.input_shape)}",
+                            hint="use data the model was built for")
+        if data.num_classes > model.num_classes:
+            raise DataError(f"test {test.name!r}: {data.name} has {data.num_classes} classes "
+                            f"but model {mid!r} outputs {model.num_classes}")
+        x = data.x.to(model.device)
+        y = data.y.to(model.device)
+        clean_pred = model.logits(x).argmax(1)
+        metrics = [(spec.use, self.built[("tests", i, "metrics", j)])
+                   for j, spec in enumerate(test_metrics(test))]
+        base = {"test": test.name, "model": mid, "n": len(data)}
+        evaluations: list[tuple[str, Evaluation]] = []
+        if test.attack is None:
+            evaluations.append(("", Evaluation(model, x, y, clean_pred)))
+        else:
+            attack = self.built[("tests", i, "attack")]
+            if attack.needs_gradients and not model.differentiable:
+                raise ModelError(f"attack {attack.name!r} needs gradients, and model {mid!r} "
+                                 "gives none", hint="use a gradient-free attack for it")
+            for label, variant in attack.variants():
+                res = variant(model, x, y, self.ctx)
+                adv_pred = model.logits(res.x_adv).argmax(1)
+                evaluations.append((label, Evaluation(model, x, y, clean_pred, res, adv_pred)))
+        records = []
+        for label, ev in evaluations:
+            for name, metric in metrics:
+                value = metric.compute(ev)
+                if value is None:
+                    continue
+                records.append({**base, "metric": name, "param": label, "value": float(value)})
+        return records
+
+
+class _ModelUnavailable(Exception):
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def device_info(device: str) -> dict[str, Any]:
+    dev = torch.device(device)
+    info: dict[str, Any] = {"device": device, "threads": torch.get_num_threads()}
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+    return info
+
+
+# ---------------------------------------------------------------------------- run to a folder
+
+def _versions(registry: Registry) -> dict[str, str]:
+    import platform
+
+    from . import __version__
+
+    versions = {"python": platform.python_version(), "robustness-harness": __version__,
+                "torch": torch.__version__}
+    for mod in ("torchvision", "numpy", "onnxruntime"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:
+            pass
+    for entry in registry.entries():
+        if entry.distribution not in ("-", ""):
+            name, _, ver = entry.distribution.rpartition(" ")
+            versions.setdefault(name, ver)
+    versions["platform"] = platform.platform()
+    return versions
+
+
+def exit_code_of(result: RunResult, verdicts: list[dict[str, Any]]) -> tuple[int, str]:
+    """The run's exit code and a one-line verdict: 2 when a case failed on the user's input
+    (a model that returns NaN, missing data), 1 when a gate failed or a case hit an internal
+    error, 130 when interrupted, else 0."""
+    input_errors = [c for c in result.errors if c.error_kind == "input"]
+    other_errors = [c for c in result.errors if c.error_kind != "input"]
+    failed = [v for v in verdicts if not v["passed"]]
+    parts = []
+    if input_errors:
+        parts.append(f"{len(input_errors)} case(s) failed on invalid input")
+    if other_errors:
+        parts.append(f"{len(other_errors)} case(s) errored")
+    if failed:
+        parts.append(f"{len(failed)} of {len(verdicts)} gate(s) failed")
+    if result.interrupted:
+        return 130, "INTERRUPTED: " + (", ".join(parts) or f"{len(result.cases)} case(s) finished")
+    if input_errors:
+        return 2, "ERROR: " + ", ".join(parts)
+    if parts:
+        return 1, "FAILED: " + ", ".join(parts)
+    gates = f", {len(verdicts)} gate(s) passed" if verdicts else ""
+    return 0, f"OK: {len(result.cases)} case(s) ran{gates}"
+
+
+def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOptions,
+              command: list[str] | None = None) -> tuple[RunResult, int]:
+    """Run ``suite`` into the run folder ``store`` (a :class:`harness.store.RunStore`),
+    saving after every case; returns the result and the exit code."""
+    import hashlib
+
+    from .gates import evaluate
+
+    runner = Runner(suite, registry, options)
+    store.create()
+    store.write_suite(suite.text)
+    used = sorted({(obj.kind, obj.name, registry.get(obj.kind, obj.name).distribution)
+                   for obj in runner.built.values()})
+    static = {
+        "suite": {"name": suite.name, "file": suite.file,
+                  "sha256": hashlib.sha256(suite.text.encode()).hexdigest()},
+        "command": command or [],
+        "options": {"device": options.device, "seed": options.seed, "limit": options.limit,
+                    "data_dir": str(options.data_dir) if options.data_dir else None,
+                    "use_cache": options.use_cache},
+        "versions": _versions(registry),
+        "device_info": device_info(str(runner.device)),
+        "plugins": [{"kind": k, "name": n, "distribution": d} for k, n, d in used],
+    }
+
+    def save(result: RunResult, final: bool = False) -> int:
+        verdicts = evaluate(suite.gates, result.records) if final else []
+        code, verdict = exit_code_of(result, verdicts) if final else (None, "running")
+        store.write_results(result.records)
+        store.write_summary({**static, **result.summary(), "gates": verdicts,
+                             "exit_code": code, "verdict": verdict})
+        tracebacks = [f"== {c.test} x {c.model}\n{c.traceback}" for c in result.cases
+                      if c.traceback]
+        tracebacks += [f"== model {m.id}\n{m.traceback}" for m in result.models.values()
+                       if m.traceback]
+        if tracebacks:
+            store.write_text("errors.log", "\n".join(tracebacks))
+        return code or 0
+
+    result = runner.run(checkpoint=save)
+    return result, save(result, final=True)

@@ -1,0 +1,447 @@
+"""Suites: YAML files validated (schema, then every plugin and its parameters) before anything
+runs, with errors that name the file, the line and the field."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .errors import ParamError, PluginError, SuiteError
+
+Loc = tuple[Any, ...]
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats such as ``1e-5`` as numbers."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: str,
+          loader: _Loader) -> Any:
+    """Build Python values from a composed YAML node, recording each location's line."""
+    lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                raise SuiteError("keys must be plain names", file=file,
+                                 line=key_node.start_mark.line + 1)
+            if key in out:
+                raise SuiteError(f"duplicate key {key!r}", file=file,
+                                 line=key_node.start_mark.line + 1, field=_field(loc + (key,)))
+            lines[loc + (key,)] = key_node.start_mark.line + 1
+            out[key] = _walk(value_node, loc + (key,), lines, file, loader)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_walk(item, loc + (i,), lines, file, loader) for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def load_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
+    """Parse ``text``; return the data and a map from location tuples to line numbers."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[Loc, int] = {}
+        data = None if node is None else _walk(node, (), lines, file, loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise SuiteError(f"not valid YAML: {exc.problem or exc.context}", file=file,
+                         line=line) from None
+    except yaml.YAMLError as exc:
+        raise SuiteError(f"not valid YAML: {exc}", file=file) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _field(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+# --------------------------------------------------------------------------- schema
+
+class Spec(dict):
+    """A plugin reference: ``{use: name, **params}``, or just ``name``."""
+
+    @property
+    def use(self) -> str:
+        return self["use"]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.items() if k != "use"}
+
+    @classmethod
+    def coerce(cls, value: Any) -> "Spec":
+        if isinstance(value, str):
+            return cls(use=value)
+        if isinstance(value, dict):
+            if "use" not in value:
+                raise ValueError("needs a 'use' key naming the plugin")
+            if not isinstance(value["use"], str):
+                raise ValueError("'use' must name a plugin")
+            return cls(value)
+        raise ValueError("must be a plugin name or a mapping with 'use'")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, arbitrary_types_allowed=True)
+
+
+def _spec(v: Any) -> Spec | None:
+    return None if v is None else Spec.coerce(v)
+
+
+class TestConfig(_Strict):
+    name: str
+    attack: Any = None
+    models: list[str] | None = None
+    data: Any = None
+    metrics: list[Any] | None = None
+    description: str | None = None
+
+    @field_validator("attack", "data", mode="before")
+    @classmethod
+    def _specs(cls, v: Any) -> Spec | None:
+        return _spec(v)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metrics(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        if not isinstance(v, list):
+            raise ValueError("must be a list of metric names")
+        return [Spec.coerce(m) for m in v]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("use letters, digits and . _ + - only")
+        return v
+
+
+class GateConfig(_Strict):
+    test: str
+    model: str
+    metric: str
+    param: str | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+class ColumnConfig(_Strict):
+    test: str
+    metric: str
+    header: str | None = None
+    param: str | None = None
+    format: Literal["percent", "number", "seconds"] | None = None
+
+
+class ReferenceConfig(_Strict):
+    source: str
+    rows: dict[str, list[float | None]]
+
+
+class TableConfig(_Strict):
+    title: str
+    columns: list[ColumnConfig] = Field(min_length=1)
+    rows: list[str] | None = None
+    labels: dict[str, str] | None = None
+    reference: ReferenceConfig | None = None
+    notes: str | None = None
+
+
+class Suite(_Strict):
+    name: str
+    description: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    data: Any = None
+    models: dict[str, Any] = Field(min_length=1)
+    tests: list[TestConfig] = Field(min_length=1)
+    gates: list[GateConfig] = []
+    tables: list[TableConfig] = []
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data(cls, v: Any) -> Spec | None:
+        return _spec(v)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        return {k: Spec.coerce(s) for k, s in v.items()}
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("use letters, digits and . _ + - only (it names the run folder)")
+        return v
+
+    # filled in by load_suite
+    _file: str = ""
+    _text: str = ""
+    _lines: dict[Loc, int] = {}
+
+    @property
+    def file(self) -> str:
+        return self._file
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    def line(self, loc: Loc) -> int | None:
+        """The line of ``loc``, or of its nearest enclosing location."""
+        for i in range(len(loc), -1, -1):
+            if loc[:i] in self._lines:
+                return self._lines[loc[:i]]
+        return None
+
+    def error(self, loc: Loc, message: str, hint: str | None = None) -> SuiteError:
+        return SuiteError(message, file=self._file, line=self.line(loc), field=_field(loc) or None,
+                          hint=hint)
+
+    def test_data(self, test: TestConfig) -> Spec | None:
+        return test.data or self.data
+
+    def test_models(self, test: TestConfig) -> list[str]:
+        return list(test.models) if test.models is not None else list(self.models)
+
+
+DEFAULT_METRICS_ATTACK = ["clean_error", "adv_error", "success_rate", "mean_distortion", "seconds"]
+DEFAULT_METRICS_CLEAN = ["clean_error"]
+
+
+def test_metrics(test: TestConfig) -> list[Spec]:
+    if test.metrics is not None:
+        return list(test.metrics)
+    names = DEFAULT_METRICS_ATTACK if test.attack is not None else DEFAULT_METRICS_CLEAN
+    return [Spec(use=n) for n in names]
+
+
+# --------------------------------------------------------------------------- loading
+
+def _pydantic_error(exc: pydantic.ValidationError, data: Any, lines: dict[Loc, int],
+                    file: str) -> SuiteError:
+    errors = exc.errors()
+    # an unknown key explains a "missing" one next to it (a misspelt name), so report it first
+    err = min(errors, key=lambda e: e["type"] != "extra_forbidden")
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    line = None
+    for i in range(len(loc), -1, -1):
+        if loc[:i] in lines:
+            line = lines[loc[:i]]
+            break
+    if kind == "extra_forbidden":
+        parent_fields = _allowed_fields(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), parent_fields, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint += f"allowed keys: {', '.join(parent_fields)}" if parent_fields else ""
+        return SuiteError(f"unknown key {loc[-1]!r}", file=file, line=line, field=_field(loc),
+                          hint=hint or None)
+    if kind == "missing":
+        return SuiteError(f"missing required key {loc[-1]!r}", file=file, line=line,
+                          field=_field(loc))
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    got = err.get("input")
+    if kind not in ("value_error",) and not isinstance(got, (dict, list)):
+        msg = f"{msg[0].lower()}{msg[1:]} (got {got!r})"
+    return SuiteError(msg, file=file, line=line, field=_field(loc) or None)
+
+
+def _allowed_fields(loc: Loc) -> list[str]:
+    model: type[BaseModel] | None = Suite
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        model = None
+        for cand in (TestConfig, GateConfig, ColumnConfig, TableConfig, ReferenceConfig):
+            if ann is cand or cand in getattr(ann, "__args__", ()):
+                model = cand
+            elif any(cand in getattr(a, "__args__", ()) for a in getattr(ann, "__args__", ())):
+                model = cand
+    return list(model.model_fields) if model is not None else []
+
+
+def parse_suite(text: str, file: str = "<suite>") -> Suite:
+    """Schema-check a suite's text (no plugins consulted)."""
+    data, lines = load_yaml(text, file)
+    if not isinstance(data, dict):
+        raise SuiteError("a suite is a mapping with at least name, models and tests", file=file,
+                         line=1)
+    try:
+        suite = Suite.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise _pydantic_error(exc, data, lines, file) from None
+    suite._file, suite._text, suite._lines = file, text, lines
+    _check_references(suite)
+    return suite
+
+
+def _check_references(suite: Suite) -> None:
+    """Names that must refer to something else in the suite."""
+    for mid in suite.models:
+        if not NAME_RE.match(str(mid)):
+            raise suite.error(("models", mid), f"model id {mid!r} may only use letters, digits "
+                                                "and . _ + -")
+    seen: dict[str, int] = {}
+    for i, test in enumerate(suite.tests):
+        if test.name in seen:
+            raise suite.error(("tests", i, "name"), f"test name {test.name!r} is used twice",
+                              hint=f"also at tests[{seen[test.name]}]")
+        seen[test.name] = i
+        for j, mid in enumerate(test.models or []):
+            if mid not in suite.models:
+                raise suite.error(("tests", i, "models", j), f"unknown model id {mid!r}",
+                                  hint=_choices(mid, suite.models, "models"))
+        if suite.test_data(test) is None:
+            raise suite.error(("tests", i), f"test {test.name!r} has no data",
+                              hint="give the test a 'data' key or the suite a top-level 'data'")
+    for i, gate in enumerate(suite.gates):
+        if gate.test not in seen:
+            raise suite.error(("gates", i, "test"), f"unknown test {gate.test!r}",
+                              hint=_choices(gate.test, seen, "tests"))
+        if gate.model not in suite.models:
+            raise suite.error(("gates", i, "model"), f"unknown model id {gate.model!r}",
+                              hint=_choices(gate.model, suite.models, "models"))
+        test = suite.tests[seen[gate.test]]
+        if gate.model not in suite.test_models(test):
+            raise suite.error(("gates", i, "model"),
+                              f"test {gate.test!r} does not run model {gate.model!r}")
+        metric_names = [m.use for m in test_metrics(test)]
+        if gate.metric not in metric_names:
+            raise suite.error(("gates", i, "metric"),
+                              f"test {gate.test!r} does not compute metric {gate.metric!r}",
+                              hint=f"it computes: {', '.join(metric_names)}")
+        if gate.min is None and gate.max is None:
+            raise suite.error(("gates", i), "a gate needs 'min' or 'max' (or both)")
+    for i, table in enumerate(suite.tables):
+        for j, col in enumerate(table.columns):
+            if col.test not in seen:
+                raise suite.error(("tables", i, "columns", j, "test"), f"unknown test {col.test!r}",
+                                  hint=_choices(col.test, seen, "tests"))
+        for j, mid in enumerate(table.rows or []):
+            if mid not in suite.models:
+                raise suite.error(("tables", i, "rows", j), f"unknown model id {mid!r}",
+                                  hint=_choices(mid, suite.models, "models"))
+        if table.reference:
+            for mid, values in table.reference.rows.items():
+                loc = ("tables", i, "reference", "rows", mid)
+                if mid not in suite.models:
+                    raise suite.error(loc, f"unknown model id {mid!r}",
+                                      hint=_choices(mid, suite.models, "models"))
+                if len(values) != len(table.columns):
+                    raise suite.error(loc, f"{len(values)} reference values for "
+                                           f"{len(table.columns)} columns")
+
+
+def _choices(name: str, options: Any, what: str) -> str:
+    options = list(options)
+    close = difflib.get_close_matches(str(name), options, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return hint + f"{what}: {', '.join(map(str, options))}"
+
+
+def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
+    """Build every plugin the suite names (cheap: constructors only) so that unknown plugins
+    and bad parameters are reported with their line before anything runs.
+
+    Returns the built instances by location key: ``("models", id)``, ``("tests", i, "attack")``,
+    ``("tests", i, "metrics", j)``, ``("data",)`` and ``("tests", i, "data")``.
+    """
+    built: dict[Loc, Any] = {}
+
+    def build(kind: str, loc: Loc, spec: Spec) -> None:
+        try:
+            built[loc] = registry.build(kind, spec.use, spec.params)
+        except PluginError as exc:
+            raise suite.error(loc + ("use",), exc.message, hint=exc.hint) from None
+        except ParamError as exc:
+            where = loc + (exc.param,) if exc.param in spec else loc + ("use",)
+            raise suite.error(where, exc.message, hint=exc.hint) from None
+
+    if suite.data is not None:
+        build("dataset", ("data",), suite.data)
+    for mid, spec in suite.models.items():
+        build("model", ("models", mid), spec)
+    for i, test in enumerate(suite.tests):
+        if test.data is not None:
+            build("dataset", ("tests", i, "data"), test.data)
+        if test.attack is not None:
+            build("attack", ("tests", i, "attack"), test.attack)
+        for j, spec in enumerate(test_metrics(test)):
+            loc = ("tests", i, "metrics", j)
+            build("metric", loc, spec)
+            metric = built[loc]
+            if metric.needs_attack and test.attack is None:
+                raise suite.error(loc, f"metric {spec.use!r} needs an attack, and test "
+                                       f"{test.name!r} has none")
+    for i, gate in enumerate(suite.gates):
+        test = next(t for t in suite.tests if t.name == gate.test)
+        if gate.param is not None and test.attack is not None:
+            labels = [label for label, _ in built[("tests", suite.tests.index(test), "attack")]
+                      .variants()]
+            if gate.param not in labels:
+                raise suite.error(("gates", i, "param"), f"test {gate.test!r} has no setting "
+                                                          f"{gate.param!r}",
+                                  hint=f"settings: {', '.join(l for l in labels if l) or 'none'}")
+    return built
+
+
+def load_suite(path: str | Path, registry: Any = None) -> Suite:
+    """Read, schema-check and (with a registry) plugin-check the suite at ``path``."""
+    p = Path(path)
+    if not p.exists():
+        raise SuiteError("no such file", file=str(path),
+                         hint="give the path of a suite YAML file (see suites/)")
+    if p.is_dir():
+        raise SuiteError("is a folder, not a suite file", file=str(path))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"cannot read: {exc}", file=str(path)) from None
+    suite = parse_suite(text, str(path))
+    if registry is not None:
+        check_plugins(suite, registry)
+    return suite
