@@ -18,7 +18,7 @@ from .errors import DataError, HarnessError, ModelError
 from .metric import Evaluation
 from .model import Model
 from .registry import Registry
-from .suite import Loc, Suite, TestConfig, check_plugins, test_metrics
+from .suite import Loc, Suite, TestConfig, check_plugins, metric_specs
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 
@@ -220,7 +220,7 @@ class Runner:
         y = data.y.to(model.device)
         clean_pred = model.logits(x).argmax(1)
         metrics = [(spec.use, self.built[("tests", i, "metrics", j)])
-                   for j, spec in enumerate(test_metrics(test))]
+                   for j, spec in enumerate(metric_specs(test))]
         base = {"test": test.name, "model": mid, "n": len(data)}
         evaluations: list[tuple[str, Evaluation]] = []
         if test.attack is None:

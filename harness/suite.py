@@ -67,8 +67,11 @@ def load_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise SuiteError(f"not valid YAML: {exc.problem or exc.context}", file=file,
-                         line=line) from None
+        msg = f"not valid YAML: {exc.problem or exc.context}"
+        if exc.context and exc.context_mark and exc.problem_mark \
+                and exc.context_mark.line != exc.problem_mark.line:
+            msg += f" ({exc.context} on line {exc.context_mark.line + 1})"
+        raise SuiteError(msg, file=file, line=line) from None
     except yaml.YAMLError as exc:
         raise SuiteError(f"not valid YAML: {exc}", file=file) from None
     finally:
@@ -246,7 +249,7 @@ DEFAULT_METRICS_ATTACK = ["clean_error", "adv_error", "success_rate", "mean_dist
 DEFAULT_METRICS_CLEAN = ["clean_error"]
 
 
-def test_metrics(test: TestConfig) -> list[Spec]:
+def metric_specs(test: TestConfig) -> list[Spec]:
     if test.metrics is not None:
         return list(test.metrics)
     names = DEFAULT_METRICS_ATTACK if test.attack is not None else DEFAULT_METRICS_CLEAN
@@ -304,8 +307,8 @@ def _allowed_fields(loc: Loc) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
-def parse_suite(text: str, file: str = "<suite>") -> Suite:
-    """Schema-check a suite's text (no plugins consulted)."""
+def parse_suite(text: str, file: str = "<suite>", registry: Any = None) -> Suite:
+    """Schema-check a suite's text, then (with a registry) every plugin it names."""
     data, lines = load_yaml(text, file)
     if not isinstance(data, dict):
         raise SuiteError("a suite is a mapping with at least name, models and tests", file=file,
@@ -316,6 +319,9 @@ def parse_suite(text: str, file: str = "<suite>") -> Suite:
         raise _pydantic_error(exc, data, lines, file) from None
     suite._file, suite._text, suite._lines = file, text, lines
     _check_references(suite)
+    if registry is not None:
+        check_plugins(suite, registry)
+    _check_outputs(suite)
     return suite
 
 
@@ -338,6 +344,11 @@ def _check_references(suite: Suite) -> None:
         if suite.test_data(test) is None:
             raise suite.error(("tests", i), f"test {test.name!r} has no data",
                               hint="give the test a 'data' key or the suite a top-level 'data'")
+
+
+def _check_outputs(suite: Suite) -> None:
+    """Gates and tables must name tests, models and metrics the suite has."""
+    seen = {t.name: i for i, t in enumerate(suite.tests)}
     for i, gate in enumerate(suite.gates):
         if gate.test not in seen:
             raise suite.error(("gates", i, "test"), f"unknown test {gate.test!r}",
@@ -349,7 +360,7 @@ def _check_references(suite: Suite) -> None:
         if gate.model not in suite.test_models(test):
             raise suite.error(("gates", i, "model"),
                               f"test {gate.test!r} does not run model {gate.model!r}")
-        metric_names = [m.use for m in test_metrics(test)]
+        metric_names = [m.use for m in metric_specs(test)]
         if gate.metric not in metric_names:
             raise suite.error(("gates", i, "metric"),
                               f"test {gate.test!r} does not compute metric {gate.metric!r}",
@@ -410,7 +421,7 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
             build("dataset", ("tests", i, "data"), test.data)
         if test.attack is not None:
             build("attack", ("tests", i, "attack"), test.attack)
-        for j, spec in enumerate(test_metrics(test)):
+        for j, spec in enumerate(metric_specs(test)):
             loc = ("tests", i, "metrics", j)
             build("metric", loc, spec)
             metric = built[loc]
@@ -418,10 +429,9 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
                 raise suite.error(loc, f"metric {spec.use!r} needs an attack, and test "
                                        f"{test.name!r} has none")
     for i, gate in enumerate(suite.gates):
-        test = next(t for t in suite.tests if t.name == gate.test)
-        if gate.param is not None and test.attack is not None:
-            labels = [label for label, _ in built[("tests", suite.tests.index(test), "attack")]
-                      .variants()]
+        k = next((k for k, t in enumerate(suite.tests) if t.name == gate.test), None)
+        if k is not None and gate.param is not None and suite.tests[k].attack is not None:
+            labels = [label for label, _ in built[("tests", k, "attack")].variants()]
             if gate.param not in labels:
                 raise suite.error(("gates", i, "param"), f"test {gate.test!r} has no setting "
                                                           f"{gate.param!r}",
@@ -441,7 +451,4 @@ def load_suite(path: str | Path, registry: Any = None) -> Suite:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SuiteError(f"cannot read: {exc}", file=str(path)) from None
-    suite = parse_suite(text, str(path))
-    if registry is not None:
-        check_plugins(suite, registry)
-    return suite
+    return parse_suite(text, str(path), registry)

@@ -11,7 +11,7 @@ from tabulate import tabulate
 
 from ..errors import HarnessError
 from ..store import RunStore
-from ..suite import Suite, parse_suite, test_metrics
+from ..suite import Suite, parse_suite, metric_specs
 
 PERCENT_SUFFIXES = ("_error", "_rate")
 
@@ -71,7 +71,7 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         tables.append(_layout_table(suite, table, lookup))
 
     for test in suite.tests:
-        metrics = [m.use for m in test_metrics(test)]
+        metrics = [m.use for m in metric_specs(test)]
         sub = df[df["test"] == test.name]
         params = list(dict.fromkeys(p for p in sub["param"].tolist()))
         with_param = any(params)

@@ -67,7 +67,8 @@ class MNIST(DatasetPlugin):
         self.root = root
         self.download = download
 
-    def _torchvision_root(self, ctx: Context) -> Path:
+    def _torchvision_root(self, ctx: Context) -> tuple[Path, bool]:
+        """The root to hand torchvision, and whether the files were found locally."""
         roots = data_roots(self.root, ctx)
         for root in roots:
             found = _find_mnist_files(root)
@@ -75,7 +76,7 @@ class MNIST(DatasetPlugin):
                 continue
             raw = {p.parent for p in found.values()}
             if len(raw) == 1 and raw.pop() == root / "MNIST" / "raw":
-                return root
+                return root, True
             # another layout: link the files into torchvision's layout inside the cache
             digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
             stage = ctx.cache_dir / "mnist-staging" / digest
@@ -88,20 +89,22 @@ class MNIST(DatasetPlugin):
                         continue
                     link.unlink()
                 link.symlink_to(path.resolve())
-            return stage
+            return stage, True
         if not self.download:
             raise DataError(
                 f"MNIST not found in {', '.join(str(r) for r in roots)}",
                 hint="pass --data-dir DIR with the four MNIST files in DIR/mnist/ or DIR/MNIST/raw/")
-        return roots[-1]
+        return roots[-1], False
 
     def load(self, ctx: Context) -> Data:
         from torchvision.datasets import MNIST as TorchvisionMNIST
 
-        root = self._torchvision_root(ctx)
+        root, local = self._torchvision_root(ctx)
         train = self.split != "test"
         try:
-            ds = TorchvisionMNIST(str(root), train=train, download=self.download)
+            # with the files at hand, torchvision checks their md5 and unpacks them; it only
+            # goes to the network when they are missing
+            ds = TorchvisionMNIST(str(root), train=train, download=local or self.download)
         except (RuntimeError, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(

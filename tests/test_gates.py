@@ -1,0 +1,34 @@
+from harness.gates import evaluate
+from harness.suite import GateConfig
+
+RECORDS = [
+    {"test": "t", "model": "m", "metric": "adv_error", "param": "stddev=0.1", "value": 0.2},
+    {"test": "t", "model": "m", "metric": "adv_error", "param": "stddev=0.3", "value": 0.6},
+    {"test": "t", "model": "m", "metric": "mean_distortion", "param": "", "value": float("nan")},
+    {"test": "u", "model": "m", "metric": "clean_error", "param": "", "value": 0.05},
+]
+
+
+def gate(**kw):
+    return GateConfig(**{"test": "u", "model": "m", "metric": "clean_error", **kw})
+
+
+def test_min_and_max():
+    ok, low, high = evaluate([gate(max=0.1), gate(min=0.1), gate(max=0.01)], RECORDS)
+    assert ok["passed"] and ok["value"] == 0.05 and ok["reason"] == ""
+    assert not low["passed"] and "< min 0.1" in low["reason"]
+    assert not high["passed"] and "> max 0.01" in high["reason"]
+
+
+def test_param_selects_one_setting_and_no_param_checks_all():
+    only, every = evaluate([gate(test="t", metric="adv_error", param="stddev=0.1", max=0.5),
+                            gate(test="t", metric="adv_error", max=0.5)], RECORDS)
+    assert only["passed"] and only["value"] == 0.2
+    assert not every["passed"] and "at stddev=0.3" in every["reason"]
+
+
+def test_missing_and_nan_values_fail():
+    missing, nan = evaluate([gate(model="other", max=1),
+                             gate(test="t", metric="mean_distortion", min=0)], RECORDS)
+    assert not missing["passed"] and "no value" in missing["reason"]
+    assert not nan["passed"] and "NaN" in nan["reason"]

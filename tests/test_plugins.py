@@ -1,0 +1,112 @@
+"""Plugin discovery through entry points, registration errors, parameter checks."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from harness import Attack, AttackResult, Metric, ParamError, PluginError, hookimpl
+from harness.plugins import make_plugin_manager
+from harness.registry import Registry
+
+
+def _registry(*extra, **kw) -> Registry:
+    return Registry(make_plugin_manager(extra=list(extra), **kw))
+
+
+class Nothing(Attack):
+    """Returns the inputs unchanged."""
+
+    needs_gradients = False
+
+    def __init__(self, *, strength: float = 1.0, mode: str = "a"):
+        if strength < 0:
+            raise ParamError("strength", "strength must be >= 0")
+        self.strength = strength
+        self.mode = mode
+
+    def run(self, model, x, y, ctx):
+        return AttackResult(x_adv=x.clone(), success=model(x).argmax(1) != y)
+
+
+def test_builtins_come_from_entry_points_with_their_distribution():
+    reg = _registry()
+    entries = {(e.kind, e.name): e for e in reg.entries()}
+    for key in [("dataset", "mnist"), ("dataset", "digits"), ("attack", "gaussian-noise"),
+                ("model", "torch"), ("metric", "adv_error"), ("metric", "mean_distortion")]:
+        assert key in entries, key
+        assert entries[key].distribution.startswith("robustness-harness ")
+        assert entries[key].plugin.startswith("builtin-")
+
+
+def test_extra_plugin_registers_and_builds():
+    plugin = types.SimpleNamespace(
+        register_attacks=hookimpl(lambda register: register("nothing", Nothing)))
+    reg = _registry(plugin)
+    attack = reg.build("attack", "nothing", {"strength": 2})
+    assert isinstance(attack, Nothing) and attack.strength == 2.0
+    assert repr(attack) == "nothing(strength=2.0, mode='a')"
+    assert reg.get("attack", "nothing").distribution == "-"
+
+
+def test_parameter_errors_name_the_parameter():
+    plugin = types.SimpleNamespace(
+        register_attacks=hookimpl(lambda register: register("nothing", Nothing)))
+    reg = _registry(plugin)
+    with pytest.raises(ParamError) as info:
+        reg.build("attack", "nothing", {"strenght": 1})
+    assert info.value.param == "strenght" and "did you mean 'strength'" in str(info.value)
+    with pytest.raises(ParamError) as info:
+        reg.build("attack", "nothing", {"strength": "lots"})
+    assert info.value.param == "strength" and "valid number" in str(info.value)
+    with pytest.raises(ParamError) as info:
+        reg.build("attack", "nothing", {"strength": -1})
+    assert info.value.param == "strength" and ">= 0" in str(info.value)
+
+
+def test_unknown_plugin_suggests_close_names():
+    with pytest.raises(PluginError, match="did you mean 'gaussian-noise'"):
+        _registry().get("attack", "gaussian_noise")
+    with pytest.raises(PluginError, match="unknown plugin kind"):
+        _registry().get("widget", "x")
+
+
+def test_duplicate_name_names_both_plugins():
+    class First:
+        @hookimpl
+        def register_attacks(self, register):
+            register("gaussian-noise", Nothing)
+
+    with pytest.raises(PluginError) as info:
+        _registry(First())
+    msg = str(info.value)
+    assert "registered twice" in msg and "builtin-attacks" in msg
+
+
+def test_wrong_base_class_is_refused():
+    plugin = types.SimpleNamespace(
+        register_metrics=hookimpl(lambda register: register("oops", Nothing)))
+    with pytest.raises(PluginError, match="not a subclass of harness.Metric"):
+        _registry(plugin)
+
+
+def test_misspelt_hook_is_caught():
+    plugin = types.SimpleNamespace(register_attack=hookimpl(lambda register: None))
+    with pytest.raises(PluginError, match="unknown hook"):
+        _registry(plugin)
+
+
+def test_blocking_by_environment(monkeypatch):
+    monkeypatch.setenv("HARNESS_BLOCK_PLUGINS", "builtin-attacks")
+    reg = _registry()
+    assert reg.names("attack") == []
+    assert "digits" in reg.names("dataset")
+
+
+def test_metric_base_contract():
+    reg = _registry()
+    for entry in reg.entries("metric"):
+        metric = reg.build("metric", entry.name)
+        assert isinstance(metric, Metric)
+        assert entry.summary, f"metric {entry.name} has no description"
