@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import typing
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -37,8 +38,11 @@ class Entry:
 
     @property
     def summary(self) -> str:
-        doc = inspect.getdoc(self.cls) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The first sentence of the class docstring, on one line."""
+        doc = (inspect.getdoc(self.cls) or "").strip()
+        para = " ".join(doc.split("\n\n")[0].split()).replace("``", "")
+        end = re.search(r"(?<!\bal)\.\s+(?=[A-Z])", para)
+        return para[:end.start() + 1] if end else para
 
 
 class Registry:
