@@ -81,9 +81,10 @@ def plugins(kind: str | None) -> int:
 
 
 @cli.command()
-@click.argument("suite", type=click.Path(path_type=Path))
-def validate(suite: Path) -> int:
-    """Check a suite (schema, plugins and their parameters) without running it."""
+@click.argument("suite")
+def validate(suite: str) -> int:
+    """Check SUITE (a YAML file or a bundled suite's name) without running it: the schema,
+    every plugin and its parameters."""
     from .plugins import default_registry
     from .suite import load_suite
 
@@ -95,7 +96,7 @@ def validate(suite: Path) -> int:
 
 
 @cli.command()
-@click.argument("suite", type=click.Path(path_type=Path))
+@click.argument("suite", default="quickstart")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Run folder to write (default reports/<suite name>-<timestamp>/).")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (default: the suite's, else auto).")
@@ -107,10 +108,11 @@ def validate(suite: Path) -> int:
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               help="Model/data cache (default $HARNESS_CACHE_DIR or ~/.cache/robustness-harness).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; tables only.")
-def run(suite: Path, out: Path | None, device: str | None, data_dir: Path | None,
+def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
         quiet: bool) -> int:
-    """Run a suite, print its tables and write its run folder."""
+    """Run SUITE (a YAML file, or the name of a bundled suite; default: quickstart), print its
+    tables and write its run folder."""
     from .context import resolve_device, silent_progress
     from .plugins import default_registry
     from .report import build_tables, render_markdown, render_terminal

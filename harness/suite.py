@@ -439,16 +439,43 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
     return built
 
 
-def load_suite(path: str | Path, registry: Any = None) -> Suite:
-    """Read, schema-check and (with a registry) plugin-check the suite at ``path``."""
+def bundled_suites() -> dict[str, Path]:
+    """The suites shipped with the harness (``suites/*.yaml``), by name."""
+    import importlib.resources
+
+    folders = [Path(__file__).resolve().parent.parent / "suites"]  # a source checkout
+    try:
+        folders.append(Path(str(importlib.resources.files("harness.suites"))))  # a wheel
+    except (ModuleNotFoundError, TypeError):
+        pass
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if folder.is_dir():
+            for p in sorted(folder.glob("*.yaml")):
+                found.setdefault(p.stem, p)
+    return found
+
+
+def resolve_suite_path(path: str | Path) -> Path:
+    """``path`` itself if it exists, else the bundled suite of that name (``quickstart``)."""
     p = Path(path)
+    if p.exists() or p.suffix in (".yaml", ".yml") or "/" in str(path):
+        return p
+    return bundled_suites().get(str(path), p)
+
+
+def load_suite(path: str | Path, registry: Any = None) -> Suite:
+    """Read, schema-check and (with a registry) plugin-check the suite at ``path`` (or the
+    bundled suite of that name)."""
+    p = resolve_suite_path(path)
     if not p.exists():
+        names = ", ".join(bundled_suites()) or "none"
         raise SuiteError("no such file", file=str(path),
-                         hint="give the path of a suite YAML file (see suites/)")
+                         hint=f"give the path of a suite YAML file, or a bundled suite: {names}")
     if p.is_dir():
         raise SuiteError("is a folder, not a suite file", file=str(path))
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SuiteError(f"cannot read: {exc}", file=str(path)) from None
-    return parse_suite(text, str(path), registry)
+    return parse_suite(text, str(p), registry)
