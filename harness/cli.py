@@ -7,6 +7,7 @@ written); 2 invalid input (suite, arguments, missing files, unknown plugin, a br
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -107,10 +108,14 @@ def validate(suite: str) -> int:
 @click.option("--no-cache", is_flag=True, help="Retrain models instead of using cached weights.")
 @click.option("--cache-dir", type=click.Path(path_type=Path),
               help="Model/data cache (default $HARNESS_CACHE_DIR or ~/.cache/robustness-harness).")
+@click.option("--baseline", type=click.Path(path_type=Path),
+              help="An earlier run folder, for the suite's max_drop (regression) gates.")
+@click.option("--junit", type=click.Path(path_type=Path),
+              help="Also write JUnit XML here (one testcase per case and per gate).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; tables only.")
 def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
-        quiet: bool) -> int:
+        baseline: Path | None, junit: Path | None, quiet: bool) -> int:
     """Run SUITE (a YAML file, or the name of a bundled suite; default: quickstart), print its
     tables and write its run folder."""
     from .context import resolve_device, silent_progress
@@ -124,6 +129,10 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         raise HarnessError(f"--data-dir {data_dir}: no such folder")
     if device is not None:
         resolve_device(device)
+    base_store = None
+    if baseline is not None:
+        base_store = RunStore(baseline)
+        base_store.check()
     registry = default_registry()
     s = load_suite(suite, registry)
     store = RunStore(out or default_run_dir(s.name))
@@ -131,9 +140,14 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
                          cache_dir=cache_dir, use_cache=not no_cache,
                          progress=silent_progress if quiet else _tqdm_progress,
                          on_event=_event_printer(quiet))
-    result, code = run_suite(s, registry, store, options, command=sys.argv)
+    result, code = run_suite(s, registry, store, options, command=sys.argv, baseline=base_store)
     summary, tables = build_tables(store)
     store.write_text("report.md", render_markdown(summary, tables))
+    if junit is not None:
+        from .report.junit import render_junit
+        from .store import atomic_write
+
+        atomic_write(junit, render_junit(summary))
     click.echo(render_terminal(summary, tables), nl=False)
     for case in result.errors:
         _err(f"error: {case.test} x {case.model}: {case.error}")
@@ -159,6 +173,26 @@ def report(run_dir: Path) -> int:
 _NO_ARGS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+@cli.command()
+@click.argument("run_a", type=click.Path(path_type=Path))
+@click.argument("run_b", type=click.Path(path_type=Path))
+@click.option("--test", help="Only this test.")
+@click.option("--metric", help="Only this metric.")
+def compare(run_a: Path, run_b: Path, test: str | None, metric: str | None) -> int:
+    """Show the metrics of two run folders side by side, with their changes (B - A)."""
+    from tabulate import tabulate
+
+    from .report.compare import compare_tables
+    from .store import RunStore
+
+    for t in compare_tables(RunStore(run_a), RunStore(run_b), test=test, metric=metric):
+        click.echo(t.title)
+        click.echo(tabulate(t.rows, headers=t.headers, tablefmt="simple", disable_numparse=True)
+                   if t.rows else "(nothing in common)")
+        click.echo()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``harness`` command; returns (and exits with) the exit code."""
     try:
@@ -182,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         code = 130
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if os.environ.get("HARNESS_DEBUG"):
+            raise
+        _err(f"error: internal error: {type(exc).__name__}: {exc} "
+             "(run again with HARNESS_DEBUG=1 for the traceback, and please report it)")
+        code = 1
     if code is None:
         code = 0
     if argv is None:

@@ -287,6 +287,7 @@ def exit_code_of(result: RunResult, verdicts: list[dict[str, Any]]) -> tuple[int
     input_errors = [c for c in result.errors if c.error_kind == "input"]
     other_errors = [c for c in result.errors if c.error_kind != "input"]
     failed = [v for v in verdicts if not v["passed"]]
+    skipped = [v for v in verdicts if v.get("skipped")]
     parts = []
     if input_errors:
         parts.append(f"{len(input_errors)} case(s) failed on invalid input")
@@ -300,19 +301,29 @@ def exit_code_of(result: RunResult, verdicts: list[dict[str, Any]]) -> tuple[int
         return 2, "ERROR: " + ", ".join(parts)
     if parts:
         return 1, "FAILED: " + ", ".join(parts)
-    gates = f", {len(verdicts)} gate(s) passed" if verdicts else ""
+    gates = f", {len(verdicts) - len(skipped)} gate(s) passed" if verdicts else ""
+    if skipped:
+        gates += f", {len(skipped)} skipped (no baseline)"
     return 0, f"OK: {len(result.cases)} case(s) ran{gates}"
 
 
 def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOptions,
-              command: list[str] | None = None) -> tuple[RunResult, int]:
+              command: list[str] | None = None,
+              baseline: "Any" = None) -> tuple[RunResult, int]:
     """Run ``suite`` into the run folder ``store`` (a :class:`harness.store.RunStore`),
-    saving after every case; returns the result and the exit code."""
+    saving after every case; ``baseline``, an earlier run's store, for ``max_drop`` gates.
+    Returns the result and the exit code."""
     import hashlib
 
     from .gates import evaluate
 
     runner = Runner(suite, registry, options)
+    base_records = None
+    if baseline is not None:
+        baseline.check()
+        base_records = baseline.results().to_dict("records")
+    directions = {spec.use: runner.built[("tests", i, "metrics", j)].higher_is_better
+                  for i, t in enumerate(suite.tests) for j, spec in enumerate(metric_specs(t))}
     store.create()
     store.write_suite(suite.text)
     used = sorted({(obj.kind, obj.name, registry.get(obj.kind, obj.name).distribution)
@@ -323,14 +334,16 @@ def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOption
         "command": command or [],
         "options": {"device": options.device, "seed": options.seed, "limit": options.limit,
                     "data_dir": str(options.data_dir) if options.data_dir else None,
-                    "use_cache": options.use_cache},
+                    "use_cache": options.use_cache,
+                    "baseline": str(baseline.path) if baseline is not None else None},
         "versions": _versions(registry),
         "device_info": device_info(str(runner.device)),
         "plugins": [{"kind": k, "name": n, "distribution": d} for k, n, d in used],
     }
 
     def save(result: RunResult, final: bool = False) -> int:
-        verdicts = evaluate(suite.gates, result.records) if final else []
+        verdicts = (evaluate(suite.gates, result.records, base_records, directions)
+                    if final else [])
         code, verdict = exit_code_of(result, verdicts) if final else (None, "running")
         store.write_results(result.records)
         store.write_summary({**static, **result.summary(), "gates": verdicts,

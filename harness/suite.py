@@ -160,6 +160,10 @@ class GateConfig(_Strict):
     param: str | None = None
     min: float | None = None
     max: float | None = None
+    #: regression gate: fail when the value is worse than the baseline run's by more than this
+    max_drop: float | None = Field(default=None, ge=0)
+    #: how max_drop is measured: relative to the baseline value, or in the metric's units
+    drop: Literal["relative", "absolute"] = "relative"
 
 
 class ColumnConfig(_Strict):
@@ -365,8 +369,8 @@ def _check_outputs(suite: Suite) -> None:
             raise suite.error(("gates", i, "metric"),
                               f"test {gate.test!r} does not compute metric {gate.metric!r}",
                               hint=f"it computes: {', '.join(metric_names)}")
-        if gate.min is None and gate.max is None:
-            raise suite.error(("gates", i), "a gate needs 'min' or 'max' (or both)")
+        if gate.min is None and gate.max is None and gate.max_drop is None:
+            raise suite.error(("gates", i), "a gate needs 'min', 'max' or 'max_drop'")
     for i, table in enumerate(suite.tables):
         for j, col in enumerate(table.columns):
             if col.test not in seen:
@@ -430,6 +434,13 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
                                        f"{test.name!r} has none")
     for i, gate in enumerate(suite.gates):
         k = next((k for k, t in enumerate(suite.tests) if t.name == gate.test), None)
+        if k is not None and gate.max_drop is not None:
+            j = next((j for j, m in enumerate(metric_specs(suite.tests[k]))
+                      if m.use == gate.metric), None)
+            if j is not None and built[("tests", k, "metrics", j)].higher_is_better is None:
+                raise suite.error(("gates", i, "max_drop"),
+                                  f"metric {gate.metric!r} has no better direction, so a drop "
+                                  "cannot be measured", hint="use min/max for it")
         if k is not None and gate.param is not None and suite.tests[k].attack is not None:
             labels = [label for label, _ in built[("tests", k, "attack")].variants()]
             if gate.param not in labels:

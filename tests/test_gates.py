@@ -32,3 +32,30 @@ def test_missing_and_nan_values_fail():
                              gate(test="t", metric="mean_distortion", min=0)], RECORDS)
     assert not missing["passed"] and "no value" in missing["reason"]
     assert not nan["passed"] and "NaN" in nan["reason"]
+
+
+def test_max_drop_relative_and_absolute_against_a_baseline():
+    base = [{"test": "u", "model": "m", "metric": "mean_distortion", "param": "", "value": 0.10},
+            {"test": "u", "model": "m", "metric": "adv_error", "param": "", "value": 0.20}]
+    now = [{"test": "u", "model": "m", "metric": "mean_distortion", "param": "", "value": 0.085},
+           {"test": "u", "model": "m", "metric": "adv_error", "param": "", "value": 0.21}]
+    directions = {"mean_distortion": True, "adv_error": False}
+    gates = [gate(metric="mean_distortion", max_drop=0.1),        # 15% lower: fails
+             gate(metric="mean_distortion", max_drop=0.2),        # passes
+             gate(metric="adv_error", max_drop=0.02, drop="absolute"),  # +0.01: passes
+             gate(metric="adv_error", max_drop=0.04)]             # +5% relative: fails
+    v = evaluate(gates, now, base, directions)
+    assert [x["passed"] for x in v] == [False, True, True, False]
+    assert "15.0% worse than the baseline's 0.1" in v[0]["reason"]
+    assert v[0]["baseline"] == 0.10
+    # improvement never fails
+    better = evaluate([gate(metric="mean_distortion", max_drop=0.0)],
+                      [{**now[0], "value": 0.2}], base, directions)
+    assert better[0]["passed"]
+
+
+def test_max_drop_without_baseline_is_skipped_not_passed_silently():
+    (v,) = evaluate([gate(max_drop=0.1)], RECORDS, None, {"clean_error": False})
+    assert v["passed"] and v["skipped"] and "no --baseline" in v["reason"]
+    (v,) = evaluate([gate(max_drop=0.1)], RECORDS, [], {"clean_error": False})
+    assert not v["passed"] and "baseline run has no value" in v["reason"]

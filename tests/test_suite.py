@@ -82,7 +82,7 @@ BAD = [
      "does not compute metric"),
     ("model: near, metric", "model: lin, metric", 17, "gates[0].model", "does not run model"),
     ("{test: noise,", "{test: noize,", 17, "gates[0].test", "unknown test 'noize'"),
-    ("metric: adv_error, max: 0.9", "metric: adv_error", 17, "gates[0]", "needs 'min' or 'max'"),
+    ("metric: adv_error, max: 0.9", "metric: adv_error", 17, "gates[0]", "needs 'min', 'max' or 'max_drop'"),
     ("  - name: clean\n", "  - name: clean\n  - name: clean\n", 12, "tests[1].name", "used twice"),
     ("  near: {use", "  lin: {use", 6, "models.lin", "duplicate key 'lin'"),
     ("tests:\n", "tests:\n  - name: [oops\n", 12, None, "flow sequence on line 11"),

@@ -96,24 +96,52 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
 
     verdicts = summary.get("gates") or []
     if verdicts:
-        rows = []
-        for v in verdicts:
-            bound = " and ".join(
-                s for s in (f">= {v['min']:g}" if v.get("min") is not None else "",
-                            f"<= {v['max']:g}" if v.get("max") is not None else "") if s)
-            value = v.get("value")
-            shown = (", ".join(fmt(x, "number") for x in value) if isinstance(value, list)
-                     else fmt(value, "number"))
-            rows.append([v["test"], v["model"], v["metric"] + (f" [{v['param']}]" if v.get("param") else ""),
-                         bound, shown, "PASS" if v["passed"] else "FAIL", v.get("reason", "")])
-        tables.append(Table("Gates", ["test", "model", "metric", "required", "value", "verdict",
-                                      "why"], rows))
+        tables.append(gates_table(verdicts))
 
     failed_cases = [c for c in summary.get("cases", []) if c.get("status") != "ok"]
     if failed_cases:
         tables.append(Table("Errors", ["test", "model", "error"],
                             [[c["test"], c["model"], c.get("error") or ""] for c in failed_cases]))
     return summary, tables
+
+
+def _values(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(fmt(x, "number") for x in value)
+    return fmt(value, "number")
+
+
+def gate_requirement(v: dict[str, Any]) -> str:
+    parts = []
+    if v.get("min") is not None:
+        parts.append(f">= {v['min']:g}")
+    if v.get("max") is not None:
+        parts.append(f"<= {v['max']:g}")
+    if v.get("max_drop") is not None:
+        amount = (f"{100 * v['max_drop']:g}%" if v.get("drop", "relative") == "relative"
+                  else f"{v['max_drop']:g}")
+        parts.append(f"drop <= {amount} vs baseline")
+    return " and ".join(parts)
+
+
+def gate_status(v: dict[str, Any]) -> str:
+    if v.get("skipped"):
+        return "SKIP"
+    return "PASS" if v["passed"] else "FAIL"
+
+
+def gates_table(verdicts: list[dict[str, Any]]) -> Table:
+    with_baseline = any(v.get("baseline") is not None for v in verdicts)
+    rows = []
+    for v in verdicts:
+        metric = v["metric"] + (f" [{v['param']}]" if v.get("param") else "")
+        row = [v["test"], v["model"], metric, gate_requirement(v), _values(v.get("value"))]
+        if with_baseline:
+            row.append(_values(v.get("baseline")))
+        rows.append(row + [gate_status(v), v.get("reason", "")])
+    headers = ["test", "model", "metric", "required", "value"]
+    headers += ["baseline"] if with_baseline else []
+    return Table("Gates", headers + ["verdict", "why"], rows)
 
 
 def _layout_table(suite: Suite, table: Any, lookup: dict) -> Table:
