@@ -159,13 +159,35 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-def report(run_dir: Path) -> int:
-    """Re-render the tables of a run folder without recomputing anything."""
-    from .report import build_tables, render_terminal
-    from .store import RunStore
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "html", "junit"]),
+              default="text", show_default=True, help="What to render.")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Write to this file (html default: RUN_DIR/report.html) instead of printing.")
+def report(run_dir: Path, fmt: str, output: Path | None) -> int:
+    """Re-render a run folder's report without recomputing anything."""
+    from .report import build_tables, render_markdown, render_terminal
+    from .store import RunStore, atomic_write
 
-    summary, tables = build_tables(RunStore(run_dir))
-    click.echo(render_terminal(summary, tables), nl=False)
+    store = RunStore(run_dir)
+    summary, tables = build_tables(store)
+    if fmt == "html":
+        from .report.html import render_html
+
+        text = render_html(summary, tables, store.path)
+        output = output or store.path / "report.html"
+    elif fmt == "junit":
+        from .report.junit import render_junit
+
+        text = render_junit(summary)
+    elif fmt == "markdown":
+        text = render_markdown(summary, tables)
+    else:
+        text = render_terminal(summary, tables)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        atomic_write(output, text)
+        click.echo(f"wrote {output}")
     return 0
 
 
