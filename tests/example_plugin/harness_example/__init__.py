@@ -1,22 +1,81 @@
-"""An example plugin package: one attack and one metric, registered through the entry-point
-group ``harness`` (see pyproject.toml). Install it with ``pip install ./tests/example_plugin``
-and ``harness plugins`` lists them; a suite uses them by name."""
+"""An example plugin package with one plugin of each kind, registered through the entry-point
+group ``harness`` (see pyproject.toml):
+
+- dataset ``stripes``: synthetic images of horizontal or vertical stripes (2 classes);
+- model ``nearest-mean``: a nearest-class-mean classifier fitted on any dataset plugin;
+- attack ``fgsm``: the fast gradient sign method;
+- metric ``adv_confidence``: the model's confidence on the attacked inputs.
+
+Install it with ``pip install ./tests/example_plugin``; ``harness plugins`` then lists them
+and any suite can use them by name.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from harness import Attack, AttackResult, Evaluation, Metric, ParamError, hookimpl
+from harness import (Attack, AttackResult, Context, Data, DatasetPlugin, Evaluation, Metric,
+                     Model, ModelPlugin, ParamError, hookimpl)
+
+
+class Stripes(DatasetPlugin):
+    """Synthetic images of horizontal (label 0) or vertical (label 1) stripes with noise."""
+
+    def __init__(self, *, n: int = 200, size: int = 8, noise: float = 0.1, seed: int = 0):
+        if n < 1:
+            raise ParamError("n", "n must be at least 1")
+        if size < 2:
+            raise ParamError("size", "size must be at least 2")
+        if not 0 <= noise <= 1:
+            raise ParamError("noise", "noise must lie in [0, 1]")
+        self.n, self.size, self.noise, self.seed = n, size, noise, seed
+
+    def load(self, ctx: Context) -> Data:
+        gen = torch.Generator().manual_seed(self.seed)
+        y = torch.randint(0, 2, (self.n,), generator=gen)
+        rows = (torch.arange(self.size) % 2).float()[:, None].expand(self.size, self.size)
+        x = torch.where(y[:, None, None] == 0, rows, rows.T)
+        x = x + self.noise * torch.randn(x.shape, generator=gen)
+        return Data(x.clamp(0, 1).unsqueeze(1), y, 2, f"stripes:{self.n}", ["horizontal", "vertical"])
+
+
+class NearestMean(ModelPlugin):
+    """Nearest class mean on flattened pixels, fitted on a dataset plugin's data (``train``)."""
+
+    def __init__(self, *, train: dict[str, Any]):
+        if "use" not in train:
+            raise ParamError("train", "train needs 'use' naming a dataset plugin")
+        self.train = train
+
+    def load(self, ctx: Context) -> Model:
+        spec = dict(self.train)
+        data = ctx.dataset(spec.pop("use"), **spec)
+        x = data.x.flatten(1)
+        means = torch.stack([x[data.y == k].mean(0) if (data.y == k).any()
+                             else torch.zeros(x.shape[1]) for k in range(data.num_classes)])
+        linear = nn.Linear(x.shape[1], data.num_classes)
+        with torch.no_grad():
+            linear.weight.copy_(means)
+            linear.bias.copy_(-0.5 * (means ** 2).sum(1))
+        module = nn.Sequential(nn.Flatten(), linear).to(ctx.device)
+        return Model(module, input_shape=data.input_shape, num_classes=data.num_classes,
+                     device=ctx.device)
 
 
 class FGSM(Attack):
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size ``eps`` along the
     sign of the loss gradient, clipped to [0, 1]; untargeted."""
 
-    def __init__(self, *, eps: float = 0.1, batch_size: int = 1024):
-        if not 0 <= eps <= 1:
-            raise ParamError("eps", f"eps must lie in [0, 1], not {eps}")
+    sweep = "eps"
+
+    def __init__(self, *, eps: float | list[float] = 0.1, batch_size: int = 1024):
+        for value in eps if isinstance(eps, list) else [eps]:
+            if not 0 <= value <= 1:
+                raise ParamError("eps", f"eps must lie in [0, 1], not {value}")
         if batch_size < 1:
             raise ParamError("batch_size", "batch_size must be at least 1")
         self.eps = eps
@@ -48,6 +107,16 @@ class AdvConfidence(Metric):
         with torch.no_grad():
             probs = ev.model.logits(ev.result.x_adv).softmax(1)
         return float(probs.max(1).values.mean())
+
+
+@hookimpl
+def register_datasets(register):
+    register("stripes", Stripes)
+
+
+@hookimpl
+def register_models(register):
+    register("nearest-mean", NearestMean)
 
 
 @hookimpl

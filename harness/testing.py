@@ -1,0 +1,148 @@
+"""Helpers and pytest fixtures for testing plugins against the harness.
+
+In a plugin package's ``conftest.py``::
+
+    pytest_plugins = ["harness.testing"]
+
+then use the fixtures ``harness_registry``, ``tiny_model``, ``tiny_data`` and ``run_suite``, or
+call the ``check_*`` functions, which assert the contracts the harness relies on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from .attack import BOX_TOL, Attack, AttackResult
+from .context import Context
+from .data import Data
+from .metric import Evaluation, Metric
+from .model import Model
+from .plugins import make_plugin_manager
+from .registry import Registry
+
+
+def make_registry(*plugins: object, entry_points: bool = True) -> Registry:
+    """A registry over a fresh plugin manager: the installed plugins (``entry_points``) plus
+    ``plugins`` (modules or objects with hook implementations), e.g. one not installed yet."""
+    return Registry(make_plugin_manager(entry_points=entry_points, extra=list(plugins)))
+
+
+def tiny_data(n: int | None = 120, split: str = "test") -> Data:
+    """Up to ``n`` of scikit-learn's 8x8 digits ([N, 1, 8, 8] in [0, 1]; no download)."""
+    from harness_plugins.datasets import Digits
+
+    return Digits(split=split, limit=n).load(Context())
+
+
+def tiny_model(device: str | torch.device = "cpu") -> Model:
+    """A fixed nearest-class-mean classifier on the 8x8 digits (about 89% accurate on the
+    test split), differentiable, with layers ``0`` (flatten) and ``1`` (linear)."""
+    from harness_plugins.datasets import Digits
+
+    train = Digits(split="train").load(Context())
+    x = train.x.flatten(1)
+    means = torch.stack([x[train.y == k].mean(0) for k in range(10)])
+    module = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        module[1].weight.copy_(means)
+        module[1].bias.copy_(-0.5 * (means ** 2).sum(1))
+    return Model(module.to(device), input_shape=(1, 8, 8), num_classes=10, device=device,
+                 name="tiny")
+
+
+def check_attack(attack: Attack, model: Model | None = None, data: Data | None = None,
+                 ctx: Context | None = None) -> AttackResult:
+    """Run ``attack`` through the harness and assert what the harness relies on: shapes,
+    device, the [0, 1] box, a bool success mask consistent with the model's predictions,
+    per-image costs, and the same result twice with the same seed. Returns the result."""
+    model = model or tiny_model()
+    data = data or tiny_data(64)
+    ctx = ctx or Context(device=model.device, seed=0)
+    x, y = data.x.to(model.device), data.y.to(model.device)
+    res = attack(model, x, y, ctx)
+    assert res.x_adv.shape == x.shape, "x_adv has the wrong shape"
+    assert res.x_adv.device == x.device, "x_adv left the model's device"
+    assert res.x_adv.min() >= -BOX_TOL and res.x_adv.max() <= 1 + BOX_TOL, "x_adv left [0, 1]"
+    assert res.success.dtype == torch.bool and res.success.shape == (len(x),)
+    pred = model.logits(res.x_adv).argmax(1)
+    goal = pred == res.target if res.target is not None else pred != y
+    assert torch.equal(goal, res.success), "success does not match the model's predictions"
+    for name in ("grad_evals", "forward_evals", "distortion", "l2", "already"):
+        value = getattr(res, name)
+        assert value is not None and value.shape == (len(x),), f"{name} is not per image"
+    again = attack(model, x, y, Context(device=model.device, seed=ctx.seed))
+    assert torch.equal(again.x_adv, res.x_adv), "the same seed gave a different result"
+    return res
+
+
+def check_metric(metric: Metric, attack: Attack | None = None, model: Model | None = None,
+                 data: Data | None = None) -> float | None:
+    """Compute ``metric`` on a real evaluation (with ``attack`` when given, else clean) and
+    assert it returns a finite number or None. Returns the value."""
+    model = model or tiny_model()
+    data = data or tiny_data(64)
+    x, y = data.x.to(model.device), data.y.to(model.device)
+    clean = model.logits(x).argmax(1)
+    ev = Evaluation(model, x, y, clean)
+    if attack is not None:
+        res = attack(model, x, y, Context(device=model.device))
+        ev = Evaluation(model, x, y, clean, res, model.logits(res.x_adv).argmax(1))
+    value = metric.compute(ev)
+    if value is not None:
+        assert isinstance(value, float) and value == value, f"{metric!r} gave {value!r}"
+    elif attack is None:
+        assert metric.needs_attack, f"{metric!r} returned None on a clean evaluation"
+    return value
+
+
+def run_suite_text(text: str, folder: Path, registry: Registry | None = None,
+                   **options: Any) -> tuple[int, Any]:
+    """Write ``text`` as a suite in ``folder``, run it there, and return (exit code, results
+    DataFrame). ``options`` are :class:`harness.runner.RunOptions` fields (limit, seed...)."""
+    from .runner import RunOptions, run_suite
+    from .store import RunStore
+    from .suite import load_suite
+
+    registry = registry or make_registry()
+    path = Path(folder) / "suite.yaml"
+    path.write_text(text)
+    suite = load_suite(path, registry)
+    store = RunStore(Path(folder) / "run")
+    options.setdefault("cache_dir", Path(folder) / "cache")
+    _, code = run_suite(suite, registry, store, RunOptions(**options))
+    return code, store.results()
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+@pytest.fixture
+def harness_registry() -> Registry:
+    """A registry with every installed plugin, from a fresh plugin manager."""
+    return make_registry()
+
+
+@pytest.fixture(name="tiny_data")
+def _tiny_data_fixture() -> Data:
+    """120 test images of the 8x8 digits."""
+    return tiny_data()
+
+
+@pytest.fixture(name="tiny_model")
+def _tiny_model_fixture() -> Model:
+    """The nearest-class-mean digits classifier, on the CPU."""
+    return tiny_model()
+
+
+@pytest.fixture
+def run_suite(tmp_path):
+    """run_suite(yaml_text, **options) -> (exit code, results DataFrame), in tmp_path."""
+
+    def run(text: str, registry: Registry | None = None, **options: Any):
+        return run_suite_text(text, tmp_path, registry, **options)
+
+    return run

@@ -1,0 +1,47 @@
+"""The example package's own tests, written with harness.testing as a plugin author would."""
+
+import pytest
+
+import harness_example
+from harness import ParamError
+from harness.testing import check_attack, check_metric, make_registry
+
+SUITE = """\
+name: stripes
+data: {use: stripes, n: 100, seed: 1}
+models:
+  nm: {use: nearest-mean, train: {use: stripes, n: 400, seed: 0}}
+tests:
+  - name: fgsm
+    attack: {use: fgsm, eps: [0.05, 0.5]}
+    metrics: [clean_error, adv_error, adv_confidence]
+"""
+
+
+def test_attack_contract(tiny_model):
+    res = check_attack(harness_example.FGSM(eps=0.3), tiny_model)
+    assert res.success.float().mean() > 0.5
+    assert float(res.distortion.max()) <= 0.3 + 1e-6
+
+
+def test_metric_contract():
+    value = check_metric(harness_example.AdvConfidence(), harness_example.FGSM(eps=0.2))
+    assert 0.1 <= value <= 1.0
+
+
+def test_parameters_are_checked():
+    with pytest.raises(ParamError):
+        harness_example.FGSM(eps=2)
+    with pytest.raises(ParamError):
+        harness_example.Stripes(size=1)
+
+
+def test_all_kinds_in_a_suite(run_suite):
+    # registered explicitly, so the test also works before the package is installed
+    installed = "stripes" in make_registry().names("dataset")
+    registry = None if installed else make_registry(harness_example)
+    code, results = run_suite(SUITE, registry)
+    assert code == 0
+    values = results.set_index(["param", "metric"])["value"]
+    assert values[("eps=0.05", "clean_error")] < 0.05     # stripes are easy
+    assert values[("eps=0.5", "adv_error")] > values[("eps=0.05", "adv_error")]
