@@ -100,7 +100,7 @@ def test_misspelt_hook_is_caught():
 def test_blocking_by_environment(monkeypatch):
     monkeypatch.setenv("HARNESS_BLOCK_PLUGINS", "builtin-attacks")
     reg = _registry()
-    assert reg.names("attack") == []
+    assert not {"lbfgs", "gaussian-noise"} & set(reg.names("attack"))
     assert "digits" in reg.names("dataset")
 
 

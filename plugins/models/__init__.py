@@ -2,9 +2,12 @@
 
 from harness import hookimpl
 
+from .paper_mnist import MLP, PaperMNIST
 from .torch_factory import TorchModel
 
 
 @hookimpl
 def register_models(register):
     register("torch", TorchModel)
+    register("paper-mnist", PaperMNIST)
+    register("mlp", MLP)
