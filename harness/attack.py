@@ -53,9 +53,12 @@ class AttackResult:
             return None if any(v is None for v in vals) else torch.cat(vals)
 
         info: dict[str, Any] = {}
-        for p in parts:
-            for k, v in p.info.items():
-                info.setdefault(k, v)
+        for key in parts[0].info:
+            values = [p.info.get(key) for p in parts]
+            per_image = all(isinstance(v, torch.Tensor) and v.dim() >= 1
+                            and len(v) == len(p.x_adv) for v, p in zip(values, parts))
+            # per-image tensors are joined; anything else is kept from the first batch
+            info[key] = torch.cat(values) if per_image else values[0]
         return AttackResult(
             x_adv=torch.cat([p.x_adv for p in parts]),
             success=torch.cat([p.success for p in parts]),

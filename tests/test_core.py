@@ -35,13 +35,17 @@ class Shift(Attack):
         x_adv = x + self.amount
         if self.clip:
             x_adv = x_adv.clamp(0, 1)
-        return AttackResult(x_adv=x_adv, success=model(x_adv).argmax(1) != y)
+        return AttackResult(x_adv=x_adv, success=model(x_adv).argmax(1) != y,
+                            info={"batch": torch.full((len(x),), self.calls), "name": "shift"})
 
 
 def test_attack_base_batches_and_measures_distortion(model, digits):
     attack = Shift(amount=0.1, batch_size=100)
     res = attack(model, digits.x, digits.y)
     assert attack.calls == 4  # 360 images in batches of 100
+    # per-image info is joined across batches; the rest comes from the first
+    assert res.info["batch"].tolist() == [1] * 100 + [2] * 100 + [3] * 100 + [4] * 60
+    assert res.info["name"] == "shift"
     assert res.x_adv.shape == digits.x.shape and res.success.shape == (360,)
     r = (res.x_adv - digits.x).flatten(1)
     assert torch.allclose(res.distortion, (r.pow(2).sum(1) / 64).sqrt())

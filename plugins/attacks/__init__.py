@@ -2,9 +2,11 @@
 
 from harness import hookimpl
 
+from .lbfgs import LBFGS
 from .noise import GaussianNoise
 
 
 @hookimpl
 def register_attacks(register):
     register("gaussian-noise", GaussianNoise)
+    register("lbfgs", LBFGS)

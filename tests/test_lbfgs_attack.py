@@ -1,0 +1,221 @@
+"""The ``lbfgs`` attack on a small MLP trained here on scikit-learn's 8x8 digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import harness
+from harness import Context, HarnessError, Model, ParamError
+from harness.plugins import default_registry
+from harness.testing import check_attack
+from harness_plugins.attacks.lbfgs import LBFGS
+
+N = 48  # test images attacked
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread is faster, and immune to other processes on the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    """A 64-32-10 sigmoid MLP, full-batch Adam on the digits' training split (~1 s)."""
+    torch.manual_seed(0)
+    train = harness.Context().dataset("digits", split="train")
+    x, y = train.x.flatten(1), train.y
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Sigmoid(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=0.02)
+    for _ in range(300):
+        loss = nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model = Model(net, input_shape=(1, 8, 8), num_classes=10, name="digits-mlp")
+    assert float((model.predict(train.x) == y).float().mean()) > 0.97
+    return model
+
+
+@pytest.fixture(scope="module")
+def data():
+    test = harness.Context().dataset("digits", split="test")
+    return test.x[:N], test.y[:N]
+
+
+def distortion(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return ((x_adv - x).flatten(1).pow(2).sum(1) / x[0].numel()).sqrt()
+
+
+def pred(model: Model, x: torch.Tensor) -> torch.Tensor:
+    return model.predict(x)
+
+
+def test_targeted_reaches_every_target_in_the_box(model, data):
+    x, y = data
+    res = check_attack(LBFGS(), model, harness.Data(x, y, 10), Context(seed=0))
+    assert torch.equal(res.target, (y + 1) % 10)
+    assert bool(res.success.all())
+    assert torch.equal(pred(model, res.x_adv), res.target)
+    assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
+    moved = ~res.already
+    assert bool((res.distortion[moved] > 0).all())
+    assert bool((res.grad_evals[moved] > 0).all()) and bool((res.forward_evals >= 1).all())
+    assert bool((res.info["const"][moved] > 0).all())
+    assert bool((res.info["const_steps"][moved] >= 2).all())
+
+
+def test_untargeted_misclassifies_everything(model, data):
+    x, y = data
+    res = check_attack(LBFGS(targeted=False), model, harness.Data(x, y, 10), Context(seed=0))
+    assert res.target is None
+    assert bool(res.success.all())
+    assert bool((pred(model, res.x_adv) != y).all())
+    # the nearest wrong class is no farther than the "next" label
+    nxt = LBFGS()(model, x, y)
+    assert float(res.distortion.mean()) < float(nxt.distortion.mean())
+
+
+def test_images_already_at_the_goal_are_reported_untouched(model, data):
+    x, y = data
+    p = pred(model, x)
+    label = int(torch.mode(p).values)
+    res = LBFGS(target=label)(model, x, y)
+    already = p == label
+    assert int(already.sum()) >= 2
+    assert torch.equal(res.already, already)
+    assert bool(res.success.all())
+    assert torch.equal(res.x_adv[already], x[already])
+    assert bool((res.grad_evals[already] == 0).all())
+    assert bool((res.grad_evals[~already] > 0).all())
+    assert bool((res.distortion[already] == 0).all())
+
+    # untargeted: feed images that the model already gets wrong, next to correct ones
+    adv = LBFGS(targeted=False)(model, x[:6], y[:6]).x_adv
+    mixed_x = torch.cat((adv, x[6:12]))
+    mixed_y = y[:12]
+    wrong = pred(model, mixed_x) != mixed_y
+    assert int(wrong.sum()) >= 6
+    res = LBFGS(targeted=False)(model, mixed_x, mixed_y)
+    assert torch.equal(res.already, wrong)
+    assert torch.equal(res.x_adv[wrong], mixed_x[wrong])
+    assert bool(res.success.all())
+
+    # a whole batch with nothing to do
+    res = LBFGS(targeted=False)(model, adv[wrong[:6]], y[:6][wrong[:6]])
+    assert bool(res.already.all()) and bool(res.success.all())
+
+
+def _sign_steps(model: Model, x, target, step: float = 0.01, max_steps: int = 500):
+    """Baseline: targeted gradient-sign steps of size ``step`` until each image reaches its
+    target (iterative FGSM, stopped per image at its first success)."""
+    x_adv = x.clone()
+    done = pred(model, x_adv) == target
+    for _ in range(max_steps):
+        if bool(done.all()):
+            break
+        z = x_adv.clone().requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(z), target)
+        g, = torch.autograd.grad(loss, z)
+        moved = (x_adv - step * g.sign()).clamp(0, 1)
+        x_adv = torch.where(done[:, None, None, None], x_adv, moved)
+        done = pred(model, x_adv) == target
+    return x_adv, done
+
+
+def test_smaller_than_simple_baselines(model, data):
+    x, y = data
+    res = LBFGS()(model, x, y)
+    ours = res.distortion[~res.already]
+    # iterative gradient-sign steps
+    x_fgsm, done = _sign_steps(model, x, res.target)
+    assert bool(done.all())
+    fgsm = distortion(x_fgsm, x)[~res.already]
+    assert float(ours.mean()) < 0.85 * float(fgsm.mean())
+    assert float((ours <= fgsm).float().mean()) >= 0.95
+    # a single tiny c: the penalty barely holds the perturbation back
+    tiny = LBFGS(initial_const=1e-3, search_steps=1, refine_steps=0, polish_steps=0)
+    tiny = tiny(model, x, y)
+    assert bool(tiny.success.all())
+    assert float(ours.mean()) < 0.7 * float(tiny.distortion[~res.already].mean())
+    # the refinements only ever shorten: shortening, then polishing along the boundary
+    raw = LBFGS(refine_steps=0, polish_steps=0)(model, x, y)
+    short = LBFGS(polish_steps=0)(model, x, y)
+    assert bool(raw.success.all()) and bool(short.success.all())
+    assert bool((short.distortion <= raw.distortion + 1e-7).all())
+    assert bool((res.distortion <= short.distortion + 1e-7).all())
+    assert float(res.distortion.mean()) < float(short.distortion.mean())
+    assert float(short.distortion.mean()) < float(raw.distortion.mean())
+
+
+def test_results_stay_successes_when_evaluated_alone(model, data):
+    """Kept points sit just inside the target's region, with room for round-off: the model
+    still agrees when it sees each image alone instead of in the attacked batch."""
+    x, y = data
+    res = LBFGS()(model, x, y)
+    alone = torch.cat([model.logits(res.x_adv[i:i + 1]).argmax(1) for i in range(len(x))])
+    assert torch.equal(alone, res.target)
+
+
+def test_random_targets_are_reproducible(model, data):
+    x, y = data
+    a = LBFGS(target="random", max_iter=5, search_steps=1)(model, x, y, Context(seed=7))
+    b = LBFGS(target="random", max_iter=5, search_steps=1)(model, x, y, Context(seed=7))
+    c = LBFGS(target="random", max_iter=5, search_steps=1)(model, x, y, Context(seed=8))
+    assert torch.equal(a.target, b.target) and torch.equal(a.x_adv, b.x_adv)
+    assert not torch.equal(a.target, c.target)
+    assert bool((a.target != y).all()) and bool((c.target != y).all())
+    assert len(set(a.target.tolist())) >= 5
+
+
+def test_least_likely_and_fixed_targets(model, data):
+    x, y = data
+    res = LBFGS(target="least-likely")(model, x[:16], y[:16])
+    assert torch.equal(res.target, model.logits(x[:16]).argmin(1))
+    assert bool(res.success.all())
+    res = LBFGS(target="3")(model, x[:16], y[:16])
+    assert bool((res.target == 3).all()) and bool(res.success.all())
+
+
+def test_batches_are_independent(model, data):
+    """An image's result does not depend on the batch it was attacked in."""
+    x, y = data
+    whole = LBFGS()(model, x[:20], y[:20])
+    split = LBFGS(batch_size=7)(model, x[:20], y[:20])
+    assert bool(split.success.all())
+    torch.testing.assert_close(split.distortion, whole.distortion, atol=1e-4, rtol=1e-3)
+
+
+def test_registered_and_validated():
+    reg = default_registry()
+    attack = reg.build("attack", "lbfgs", {"target": "random", "targeted": True,
+                                            "history": 3, "refine_steps": 0})
+    assert isinstance(attack, LBFGS) and attack.history == 3 and attack.target == "random"
+    assert LBFGS(target="4").target == 4
+    bad = [("target", "sideways"), ("target", -1), ("targeted", "yes"), ("batch_size", 0),
+           ("initial_const", 0.0), ("initial_const", float("inf")), ("const_factor", 1.0),
+           ("search_steps", 0), ("const_rtol", -0.1), ("max_iter", 0), ("history", 0),
+           ("history", 2.5), ("gtol", 0), ("ftol", -1.0), ("refine_steps", -1),
+           ("polish_steps", None)]
+    for name, value in bad:
+        with pytest.raises(ParamError) as err:
+            LBFGS(**{name: value})
+        assert err.value.param == name, (name, value)
+    with pytest.raises(ParamError) as err:
+        reg.build("attack", "lbfgs", {"histroy": 3})
+    assert err.value.param == "histroy"
+
+
+def test_label_out_of_range_and_non_differentiable_model(model, data):
+    x, y = data
+    with pytest.raises(ParamError):
+        LBFGS(target=12)(model, x[:4], y[:4])
+    frozen = Model(forward=model.module, input_shape=(1, 8, 8), num_classes=10,
+                   differentiable=False, name="frozen")
+    with pytest.raises(HarnessError, match="differentiable"):
+        LBFGS()(frozen, x[:4], y[:4])
