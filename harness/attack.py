@@ -120,6 +120,11 @@ class Attack(Plugin):
     #: whether the attack needs gradients of the model
     needs_gradients: ClassVar[bool] = True
 
+    @property
+    def stays_in_box(self) -> bool:
+        """Whether the attacked inputs must stay in [0, 1] (checked after every batch)."""
+        return True
+
     def run(self, model: "Model", x: torch.Tensor, y: torch.Tensor,
             ctx: "Context") -> AttackResult:
         """Attack one batch ``x`` (on ``model.device``) with true labels ``y``."""
@@ -191,5 +196,6 @@ class Attack(Plugin):
             raise RuntimeError(f"{where} returned x_adv on {res.x_adv.device}, not {x.device}")
         if res.success.shape != (len(x),) or res.success.dtype != torch.bool:
             raise RuntimeError(f"{where} returned a success mask that is not bool [{len(x)}]")
-        if len(x) and (res.x_adv.min() < -BOX_TOL or res.x_adv.max() > 1 + BOX_TOL):
+        if self.stays_in_box and len(x) and (res.x_adv.min() < -BOX_TOL
+                                             or res.x_adv.max() > 1 + BOX_TOL):
             raise RuntimeError(f"{where} left the [0, 1] box")

@@ -90,6 +90,12 @@ def test_noise_is_reproducible_and_matches_its_size(model, digits):
         ["stddev=0.1", "stddev=0.3"]
     with pytest.raises(ParamError):
         GaussianNoise(stddev=[])
+    # unclipped: the distortion is the stddev itself (up to sampling), outside the box
+    raw = GaussianNoise(stddev=0.3, clip=False)(model, digits.x, digits.y, ctx)
+    assert abs(float(raw.distortion.mean()) - 0.3) < 0.01
+    assert float(raw.x_adv.min()) < 0 and float(raw.x_adv.max()) > 1
+    clipped = GaussianNoise(stddev=0.3)(model, digits.x, digits.y, ctx)
+    assert torch.equal(clipped.x_adv, raw.x_adv.clamp(0, 1))
 
 
 def test_model_checks_logits(digits):
