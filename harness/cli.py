@@ -112,10 +112,12 @@ def validate(suite: str) -> int:
               help="An earlier run folder, for the suite's max_drop (regression) gates.")
 @click.option("--junit", type=click.Path(path_type=Path),
               help="Also write JUnit XML here (one testcase per case and per gate).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads for torch (default: torch's choice, one per core).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; tables only.")
 def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
-        baseline: Path | None, junit: Path | None, quiet: bool) -> int:
+        baseline: Path | None, junit: Path | None, threads: int | None, quiet: bool) -> int:
     """Run SUITE (a YAML file, or the name of a bundled suite; default: quickstart), print its
     tables and write its run folder."""
     from .context import resolve_device, silent_progress
@@ -129,6 +131,10 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         raise HarnessError(f"--data-dir {data_dir}: no such folder")
     if device is not None:
         resolve_device(device)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     base_store = None
     if baseline is not None:
         base_store = RunStore(baseline)
