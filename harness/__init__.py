@@ -4,6 +4,7 @@ The public API for plugin authors: the hook marker, the base classes and the typ
 exchange. Everything else in the package is the harness's own machinery.
 """
 
+from .analysis import Analysis, AnalysisResult
 from .attack import Attack, AttackResult, check_target, choose_targets
 from .base import Plugin
 from .context import Context, resolve_device
@@ -16,7 +17,7 @@ from .model import Model, ModelPlugin
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attack", "AttackResult", "Context", "Data", "DataError", "DatasetPlugin", "Evaluation",
+    "Analysis", "AnalysisResult", "Attack", "AttackResult", "Context", "Data", "DataError", "DatasetPlugin", "Evaluation",
     "HarnessError", "Metric", "Model", "ModelError", "ModelPlugin", "ParamError", "Plugin",
     "PluginError", "SuiteError", "check_target", "choose_targets", "hookimpl",
     "resolve_device", "__version__",

@@ -17,7 +17,7 @@ import click
 
 from .errors import HarnessError
 
-KINDS = ("model", "dataset", "attack", "metric")
+KINDS = ("model", "dataset", "attack", "metric", "analysis")
 
 
 def _err(msg: str) -> None:

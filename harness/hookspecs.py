@@ -28,3 +28,8 @@ def register_attacks(register):
 @hookspec
 def register_metrics(register):
     """Call register(name, MetricSubclass) for each metric provided."""
+
+
+@hookspec
+def register_analyses(register):
+    """Call register(name, AnalysisSubclass) for each analysis (probe, bound...) provided."""

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import pluggy
 import pydantic
 
+from .analysis import Analysis
 from .attack import Attack
 from .base import Plugin
 from .data import DatasetPlugin
@@ -25,6 +26,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "dataset": ("register_datasets", DatasetPlugin),
     "attack": ("register_attacks", Attack),
     "metric": ("register_metrics", Metric),
+    "analysis": ("register_analyses", Analysis),
 }
 
 

@@ -47,6 +47,8 @@ class CaseResult:
     error_kind: str | None = None     # "input" (the user's to fix) or "internal" (a bug)
     traceback: str | None = None
     images: int = 0
+    notes: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)   # paths inside the run folder
 
 
 @dataclass
@@ -72,6 +74,8 @@ class RunResult:
     cases: list[CaseResult] = field(default_factory=list)
     models: dict[str, ModelInfo] = field(default_factory=dict)
     interrupted: bool = False
+    #: figures not yet written to the run folder: path inside it -> PNG bytes
+    pending_files: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[CaseResult]:
@@ -193,9 +197,13 @@ class Runner:
         case = CaseResult(test.name, mid, "ok")
         try:
             model = self._model(mid, result)
-            data = self._data(i, test)
-            case.images = len(data)
-            result.records.extend(self._evaluate(i, test, mid, model, data))
+            analysis = self.built.get(("tests", i, "analysis"))
+            if analysis is not None:
+                self._analyse(i, test, mid, model, analysis, case, result)
+            else:
+                data = self._data(i, test)
+                case.images = len(data)
+                result.records.extend(self._evaluate(i, test, mid, model, data))
         except KeyboardInterrupt:
             raise
         except _ModelUnavailable as exc:
@@ -206,8 +214,28 @@ class Runner:
         case.seconds = time.perf_counter() - t0
         return case
 
-    def _evaluate(self, i: int, test: TestConfig, mid: str, model: Model,
-                  data: Data) -> list[dict[str, Any]]:
+    def _analyse(self, i: int, test: TestConfig, mid: str, model: Model, analysis: Any,
+                 case: CaseResult, result: RunResult) -> None:
+        if analysis.needs_module and model.module is None:
+            raise ModelError(f"analysis {analysis.name!r} needs a torch module, and model "
+                             f"{mid!r} is not one")
+        data = None
+        if analysis.needs_data:
+            data = self._data(i, test)
+            self._check_fit(test, mid, model, data)
+            case.images = len(data)
+        res = analysis.run(model, data, self.ctx)
+        base = {"test": test.name, "model": mid, "n": len(data) if data is not None else 0}
+        for rec in res.records:
+            result.records.append({**base, "metric": rec["metric"],
+                                   "param": rec.get("param", ""), "value": float(rec["value"])})
+        for name, png in res.figures.items():
+            path = f"figures/{test.name}/{mid}/{name}"
+            result.pending_files[path] = png
+            case.figures.append(path)
+        case.notes = list(res.notes)
+
+    def _check_fit(self, test: TestConfig, mid: str, model: Model, data: Data) -> None:
         if data.input_shape != model.input_shape:
             raise DataError(f"test {test.name!r}: images of shape {list(data.input_shape)} "
                             f"({data.name}) do not fit model {mid!r}, which takes "
@@ -216,6 +244,10 @@ class Runner:
         if data.num_classes > model.num_classes:
             raise DataError(f"test {test.name!r}: {data.name} has {data.num_classes} classes "
                             f"but model {mid!r} outputs {model.num_classes}")
+
+    def _evaluate(self, i: int, test: TestConfig, mid: str, model: Model,
+                  data: Data) -> list[dict[str, Any]]:
+        self._check_fit(test, mid, model, data)
         x = data.x.to(model.device)
         y = data.y.to(model.device)
         clean_pred = model.logits(x).argmax(1)
@@ -345,6 +377,9 @@ def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOption
         verdicts = (evaluate(suite.gates, result.records, base_records, directions)
                     if final else [])
         code, verdict = exit_code_of(result, verdicts) if final else (None, "running")
+        for path, blob in list(result.pending_files.items()):
+            store.write_bytes(path, blob)
+            del result.pending_files[path]
         store.write_results(result.records)
         store.write_summary({**static, **result.summary(), "gates": verdicts,
                              "exit_code": code, "verdict": verdict})

@@ -92,6 +92,13 @@ class RunStore:
     def write_text(self, name: str, text: str) -> None:
         atomic_write(self.path / name, text)
 
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write ``name`` (a path inside the run folder, such as ``figures/t/m/x.png``)."""
+        target = (self.path / name).resolve()
+        if self.path.resolve() not in target.parents:
+            raise ValueError(f"{name!r} is outside the run folder")
+        atomic_write(target, data)
+
     # ------------------------------------------------------------------ reading
 
     def check(self) -> None:

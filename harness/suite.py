@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .errors import ParamError, PluginError, SuiteError
 
@@ -126,15 +126,24 @@ def _spec(v: Any) -> Spec | None:
 class TestConfig(_Strict):
     name: str
     attack: Any = None
+    analysis: Any = None
     models: list[str] | None = None
     data: Any = None
     metrics: list[Any] | None = None
     description: str | None = None
 
-    @field_validator("attack", "data", mode="before")
+    @field_validator("attack", "analysis", "data", mode="before")
     @classmethod
     def _specs(cls, v: Any) -> Spec | None:
         return _spec(v)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "TestConfig":
+        if self.attack is not None and self.analysis is not None:
+            raise ValueError("a test has an attack or an analysis, not both")
+        if self.analysis is not None and self.metrics is not None:
+            raise ValueError("an analysis test reports its own metrics; remove 'metrics'")
+        return self
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -254,6 +263,9 @@ DEFAULT_METRICS_CLEAN = ["clean_error"]
 
 
 def metric_specs(test: TestConfig) -> list[Spec]:
+    """The metrics a test computes (an analysis test reports its own: none here)."""
+    if test.analysis is not None:
+        return []
     if test.metrics is not None:
         return list(test.metrics)
     names = DEFAULT_METRICS_ATTACK if test.attack is not None else DEFAULT_METRICS_CLEAN
@@ -345,7 +357,7 @@ def _check_references(suite: Suite) -> None:
             if mid not in suite.models:
                 raise suite.error(("tests", i, "models", j), f"unknown model id {mid!r}",
                                   hint=_choices(mid, suite.models, "models"))
-        if suite.test_data(test) is None:
+        if suite.test_data(test) is None and test.analysis is None:
             raise suite.error(("tests", i), f"test {test.name!r} has no data",
                               hint="give the test a 'data' key or the suite a top-level 'data'")
 
@@ -365,7 +377,7 @@ def _check_outputs(suite: Suite) -> None:
             raise suite.error(("gates", i, "model"),
                               f"test {gate.test!r} does not run model {gate.model!r}")
         metric_names = [m.use for m in metric_specs(test)]
-        if gate.metric not in metric_names:
+        if test.analysis is None and gate.metric not in metric_names:
             raise suite.error(("gates", i, "metric"),
                               f"test {gate.test!r} does not compute metric {gate.metric!r}",
                               hint=f"it computes: {', '.join(metric_names)}")
@@ -425,6 +437,13 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
             build("dataset", ("tests", i, "data"), test.data)
         if test.attack is not None:
             build("attack", ("tests", i, "attack"), test.attack)
+        if test.analysis is not None:
+            build("analysis", ("tests", i, "analysis"), test.analysis)
+            if built[("tests", i, "analysis")].needs_data and suite.test_data(test) is None:
+                raise suite.error(("tests", i), f"test {test.name!r} has no data, and analysis "
+                                                f"{test.analysis.use!r} needs some",
+                                  hint="give the test a 'data' key or the suite a top-level "
+                                       "'data'")
         for j, spec in enumerate(metric_specs(test)):
             loc = ("tests", i, "metrics", j)
             build("metric", loc, spec)

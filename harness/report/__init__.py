@@ -22,6 +22,8 @@ class Table:
     headers: list[str]
     rows: list[list[str]]
     notes: list[str] = field(default_factory=list)
+    #: figures (paths inside the run folder) that belong with the table
+    figures: list[str] = field(default_factory=list)
 
 
 def metric_format(metric: str) -> str:
@@ -70,9 +72,10 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
     for table in suite.tables:
         tables.append(_layout_table(suite, table, lookup))
 
+    cases = summary.get("cases", [])
     for test in suite.tests:
-        metrics = [m.use for m in metric_specs(test)]
         sub = df[df["test"] == test.name]
+        metrics = [m.use for m in metric_specs(test)] or list(dict.fromkeys(sub["metric"]))
         params = list(dict.fromkeys(p for p in sub["param"].tolist()))
         with_param = any(params)
         headers = ["model"] + (["setting"] if with_param else []) + metrics
@@ -85,14 +88,22 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
                 rows.append([mid] + ([param] if with_param else [])
                             + [fmt(v, metric_format(m)) for m, v in zip(metrics, vals)])
         title = f"Test {test.name}"
-        if test.attack is not None:
-            params_txt = ", ".join(f"{k}={v}" for k, v in test.attack.params.items())
-            title += f": {test.attack.use}" + (f" ({params_txt})" if params_txt else "")
+        what = test.attack if test.attack is not None else test.analysis
+        if what is not None:
+            params_txt = ", ".join(f"{k}={v}" for k, v in what.params.items())
+            title += f": {what.use}" + (f" ({params_txt})" if params_txt else "")
         spec = test.data or suite.data
         n = sub["n"].iloc[0] if "n" in sub.columns and len(sub) else None
-        notes = [f"data: {spec.use} " + ", ".join(f"{k}={v}" for k, v in spec.params.items())
-                 + (f"; {int(n)} images" if n is not None and n == n else "")] if spec else []
-        tables.append(Table(title, headers, rows, notes))
+        notes = []
+        if spec and (n is None or n == n and int(n) > 0):
+            notes.append(f"data: {spec.use} " + ", ".join(f"{k}={v}" for k, v in spec.params.items())
+                         + (f"; {int(n)} images" if n is not None and n == n else ""))
+        figures: list[str] = []
+        for case in cases:
+            if case.get("test") == test.name:
+                notes += [note for note in case.get("notes") or [] if note not in notes]
+                figures += case.get("figures") or []
+        tables.append(Table(title, headers, rows, notes, figures))
 
     verdicts = summary.get("gates") or []
     if verdicts:
@@ -186,6 +197,7 @@ def render_terminal(summary: dict[str, Any], tables: list[Table]) -> str:
         out.append(tabulate(t.rows, headers=t.headers, tablefmt="simple", disable_numparse=True)
                    if t.rows else "(no results)")
         out += [f"  {n}" for n in t.notes]
+        out += [f"  figure: {f}" for f in t.figures]
     verdict = summary.get("verdict")
     if verdict:
         out += ["", verdict]
@@ -208,4 +220,6 @@ def render_markdown(summary: dict[str, Any], tables: list[Table]) -> str:
         if t.notes:
             out.append("")
             out += [f"{n}  " for n in t.notes]
+        for fig in t.figures:
+            out += ["", f"![{fig}]({fig})"]
     return "\n".join(out) + "\n"

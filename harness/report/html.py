@@ -38,7 +38,17 @@ figcaption { color: #57606a; font-size: .85rem; }
 """
 
 
-def _table_html(t: Table) -> str:
+def _figure_html(run_dir: Path, rel: str) -> str:
+    path = run_dir / rel
+    if not path.is_file():
+        return f'<p class="notes">missing figure: {html.escape(rel)}</p>'
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    name = html.escape(rel)
+    return (f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{name}</figcaption></figure>")
+
+
+def _table_html(t: Table, run_dir: Path) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
     body = []
     for row in t.rows:
@@ -53,22 +63,21 @@ def _table_html(t: Table) -> str:
             cells.append(f"<td{cls}>{html.escape(str(cell))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     notes = "".join(f'<p class="notes">{html.escape(n)}</p>' for n in t.notes)
+    notes += "".join(_figure_html(run_dir, f) for f in t.figures)
     table = (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
              if t.rows else "<p>(no results)</p>")
     return f"<h2>{html.escape(t.title)}</h2>{table}{notes}"
 
 
-def _figures_html(run_dir: Path) -> str:
-    figs = sorted((run_dir / "figures").glob("**/*.png")) if (run_dir / "figures").is_dir() else []
-    if not figs:
+def _figures_html(run_dir: Path, shown: set[str]) -> str:
+    """The run's figures that no table showed."""
+    folder = run_dir / "figures"
+    figs = [str(p.relative_to(run_dir)) for p in sorted(folder.glob("**/*.png"))] \
+        if folder.is_dir() else []
+    rest = [f for f in figs if f not in shown]
+    if not rest:
         return ""
-    parts = ["<h2>Figures</h2>"]
-    for fig in figs:
-        data = base64.b64encode(fig.read_bytes()).decode("ascii")
-        name = html.escape(str(fig.relative_to(run_dir)))
-        parts.append(f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
-                     f"<figcaption>{name}</figcaption></figure>")
-    return "".join(parts)
+    return "<h2>Figures</h2>" + "".join(_figure_html(run_dir, f) for f in rest)
 
 
 def render_html(summary: dict[str, Any], tables: list[Table], run_dir: Path) -> str:
@@ -82,11 +91,12 @@ def render_html(summary: dict[str, Any], tables: list[Table], run_dir: Path) -> 
     versions = summary.get("versions") or {}
     if versions:
         meta += "<div>" + html.escape(", ".join(f"{k} {v}" for k, v in versions.items())) + "</div>"
-    body = "".join(_table_html(t) for t in tables)
+    body = "".join(_table_html(t, run_dir) for t in tables)
+    shown = {f for t in tables for f in t.figures}
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><div class=\"meta\">{meta}</div>"
         f"<div class=\"verdict {cls}\">{html.escape(verdict)}</div>"
-        f"{body}{_figures_html(run_dir)}</body></html>\n"
+        f"{body}{_figures_html(run_dir, shown)}</body></html>\n"
     )
