@@ -110,6 +110,9 @@ def validate(suite: str) -> int:
               help="Model/data cache (default $HARNESS_CACHE_DIR or ~/.cache/robustness-harness).")
 @click.option("--baseline", type=click.Path(path_type=Path),
               help="An earlier run folder, for the suite's max_drop (regression) gates.")
+@click.option("--reuse", type=click.Path(path_type=Path),
+              help="An earlier run folder: reuse its saved adversarial examples where they were "
+                   "made the same way (transfer tests).")
 @click.option("--junit", type=click.Path(path_type=Path),
               help="Also write JUnit XML here (one testcase per case and per gate).")
 @click.option("--threads", type=click.IntRange(min=1),
@@ -117,7 +120,8 @@ def validate(suite: str) -> int:
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; tables only.")
 def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
-        baseline: Path | None, junit: Path | None, threads: int | None, quiet: bool) -> int:
+        baseline: Path | None, reuse: Path | None, junit: Path | None, threads: int | None,
+        quiet: bool) -> int:
     """Run SUITE (a YAML file, or the name of a bundled suite; default: quickstart), print its
     tables and write its run folder."""
     from .context import resolve_device, silent_progress
@@ -135,6 +139,8 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         import torch
 
         torch.set_num_threads(threads)
+    if reuse is not None:
+        RunStore(reuse).check()
     base_store = None
     if baseline is not None:
         base_store = RunStore(baseline)
@@ -142,7 +148,7 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
     registry = default_registry()
     s = load_suite(suite, registry)
     store = RunStore(out or default_run_dir(s.name))
-    options = RunOptions(device=device, seed=seed, data_dir=data_dir, limit=limit,
+    options = RunOptions(device=device, seed=seed, data_dir=data_dir, limit=limit, reuse=reuse,
                          cache_dir=cache_dir, use_cache=not no_cache,
                          progress=silent_progress if quiet else _tqdm_progress,
                          on_event=_event_printer(quiet))

@@ -3,6 +3,7 @@ comes back as an object, progress goes through the callbacks given."""
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -12,15 +13,20 @@ from typing import Any, Callable
 
 import torch
 
+from . import transfer
 from .context import Context, ProgressFactory, default_cache_dir, resolve_device, silent_progress
 from .data import Data
 from .errors import DataError, HarnessError, ModelError
 from .metric import Evaluation
 from .model import Model
 from .registry import Registry
-from .suite import Loc, Suite, TestConfig, check_plugins, metric_specs
+from .suite import (Loc, Suite, TestConfig, baseline_label, check_plugins, metric_specs,
+                    transfer_label)
 
 EventHandler = Callable[[str, dict[str, Any]], None]
+
+#: the model id of a transfer test's baseline case
+BASELINE = "(baseline)"
 
 
 @dataclass
@@ -31,6 +37,7 @@ class RunOptions:
     seed: int | None = None          # overrides the suite's seed
     data_dir: Path | None = None
     limit: int | None = None         # at most this many images per test
+    reuse: Path | None = None        # an earlier run folder whose saved examples may be reused
     cache_dir: Path | None = None
     use_cache: bool = True
     progress: ProgressFactory = silent_progress
@@ -121,8 +128,14 @@ class Runner:
         self._models: dict[str, Model | None] = {}
 
     def cases(self) -> list[tuple[int, TestConfig, str]]:
-        return [(i, t, mid) for i, t in enumerate(self.suite.tests)
-                for mid in self.suite.test_models(t)]
+        """(test index, test, model id) per case; a transfer test has one case per source
+        model and, with a baseline, one more (model :data:`BASELINE`)."""
+        plan = []
+        for i, t in enumerate(self.suite.tests):
+            plan += [(i, t, mid) for mid in self.suite.test_models(t)]
+            if t.transfer is not None and t.baseline is not None:
+                plan.append((i, t, BASELINE))
+        return plan
 
     def run(self, checkpoint: Callable[[RunResult], None] | None = None) -> RunResult:
         """Run all cases; ``checkpoint(result)`` is called after each one (to save it)."""
@@ -196,6 +209,10 @@ class Runner:
         t0 = time.perf_counter()
         case = CaseResult(test.name, mid, "ok")
         try:
+            if test.transfer is not None:
+                self._transfer(i, test, mid, case, result)
+                case.seconds = time.perf_counter() - t0
+                return case
             model = self._model(mid, result)
             analysis = self.built.get(("tests", i, "analysis"))
             if analysis is not None:
@@ -203,7 +220,7 @@ class Runner:
             else:
                 data = self._data(i, test)
                 case.images = len(data)
-                result.records.extend(self._evaluate(i, test, mid, model, data))
+                result.records.extend(self._evaluate(i, test, mid, model, data, case, result))
         except KeyboardInterrupt:
             raise
         except _ModelUnavailable as exc:
@@ -245,8 +262,8 @@ class Runner:
             raise DataError(f"test {test.name!r}: {data.name} has {data.num_classes} classes "
                             f"but model {mid!r} outputs {model.num_classes}")
 
-    def _evaluate(self, i: int, test: TestConfig, mid: str, model: Model,
-                  data: Data) -> list[dict[str, Any]]:
+    def _evaluate(self, i: int, test: TestConfig, mid: str, model: Model, data: Data,
+                  case: CaseResult, result: RunResult) -> list[dict[str, Any]]:
         self._check_fit(test, mid, model, data)
         x = data.x.to(model.device)
         y = data.y.to(model.device)
@@ -266,6 +283,9 @@ class Runner:
                 res = variant(model, x, y, self.ctx)
                 adv_pred = model.logits(res.x_adv).argmax(1)
                 evaluations.append((label, Evaluation(model, x, y, clean_pred, res, adv_pred)))
+                if test.pictures:
+                    self._pictures(test, mid, data, x, res.x_adv, clean_pred, adv_pred,
+                                   label, case, result)
         records = []
         for label, ev in evaluations:
             for name, metric in metrics:
@@ -274,6 +294,129 @@ class Runner:
                     continue
                 records.append({**base, "metric": name, "param": label, "value": float(value)})
         return records
+
+
+    # ------------------------------------------------------------------ pictures, transfer
+
+    def _pictures(self, test: TestConfig, mid: str, data: Data, x: torch.Tensor,
+                  x_adv: torch.Tensor, clean_pred: torch.Tensor, adv_pred: torch.Tensor,
+                  label: str, case: CaseResult, result: RunResult) -> None:
+        from .figures import examples_grid
+
+        k = min(test.pictures, len(x))
+        title = f"{test.name} on {mid}" + (f" ({label})" if label else "")
+        png = examples_grid(x[:k], x_adv[:k], data.y[:k], clean_pred[:k], adv_pred[:k],
+                            data.classes, title)
+        suffix = f"-{label}" if label else ""
+        path = f"figures/{test.name}/{mid}/examples{suffix}.png"
+        result.pending_files[path] = png
+        case.figures.append(path)
+
+    def _transfer_spec(self, i: int, test: TestConfig, mid: str, data: Data) -> dict[str, Any]:
+        spec = self.suite.test_data(test)
+        return transfer.metadata(
+            suite=self.suite.name, test=test.name, model=mid,
+            model_spec=dict(self.suite.models[mid]), attack_spec=dict(test.attack),
+            data_spec=dict(spec) if spec else None, data_fingerprint=data.fingerprint(),
+            seed=self.seed, n=len(data))
+
+    def _transfer(self, i: int, test: TestConfig, mid: str, case: CaseResult,
+                  result: RunResult) -> None:
+        """Make examples for source ``mid`` (or the baseline) and feed them to every target."""
+        data = self._data(i, test)
+        case.images = len(data)
+        targets = test.targets(list(self.suite.models))
+        if mid == BASELINE:
+            rows = self._baseline_rows(i, test, targets, data, result)
+            source = None
+        else:
+            source = self._model(mid, result)
+            rows = self._source_rows(i, test, mid, source, data, case, result)
+        failures = []
+        for tid in targets:
+            try:
+                target = self._model(tid, result)
+                self._check_fit(test, tid, target, data)
+            except (_ModelUnavailable, HarnessError) as exc:
+                failures.append(str(exc))
+                continue
+            for label, x_rows, distortion in rows:
+                pred = target.logits(x_rows).argmax(1).cpu()
+                result.records.append({"test": test.name, "model": tid, "n": len(data),
+                                       "metric": "adv_error", "param": label,
+                                       "value": float((pred != data.y).float().mean())})
+                if source is None:  # a baseline's distortion, under every target
+                    result.records.append({"test": test.name, "model": tid, "n": len(data),
+                                           "metric": "mean_distortion", "param": label,
+                                           "value": distortion})
+        if failures:
+            raise ModelError("; ".join(dict.fromkeys(failures)))
+
+    def _source_rows(self, i: int, test: TestConfig, mid: str, source: Model, data: Data,
+                     case: CaseResult, result: RunResult) -> list[tuple[str, torch.Tensor, float]]:
+        """The examples made for ``mid`` (and their amplified versions), recorded and saved:
+        ``[(label, x_adv on the CPU, mean distortion)]``."""
+        self._check_fit(test, mid, source, data)
+        attack = self.built[("tests", i, "attack")]
+        if attack.needs_gradients and not source.differentiable:
+            raise ModelError(f"attack {attack.name!r} needs gradients, and model {mid!r} "
+                             "gives none", hint="make the examples for a differentiable model")
+        wanted = self._transfer_spec(i, test, mid, data)
+        saved = None
+        if self.options.reuse is not None:
+            saved = transfer.find_reusable(self.options.reuse, test.name, mid, wanted)
+        if saved is not None:
+            x_adv = torch.from_numpy(saved["x_adv"])
+            success = torch.from_numpy(saved["success"])
+            target = torch.from_numpy(saved["target"]) if "target" in saved else None
+            case.notes.append(f"examples for {mid} reused from {self.options.reuse}")
+        else:
+            x, y = data.x.to(source.device), data.y.to(source.device)
+            res = attack(source, x, y, self.ctx)
+            x_adv, success = res.x_adv.cpu(), res.success.cpu()
+            target = res.target.cpu() if res.target is not None else None
+            if test.pictures:
+                clean = source.logits(x).argmax(1)
+                self._pictures(test, mid, data, x, res.x_adv, clean,
+                               source.logits(res.x_adv).argmax(1), "", case, result)
+        base = f"artifacts/{test.name}/{mid}"
+        result.pending_files[f"{base}.npz"] = transfer.pack(data.x, x_adv, data.y, success, target)
+        result.pending_files[f"{base}.json"] = (json.dumps(
+            {**wanted, "created": _now()}, indent=2, default=str) + "\n").encode()
+        label = transfer_label(mid)
+        dist = transfer.distortion_of(data.x, x_adv)
+        rec = {"test": test.name, "model": mid, "n": len(data)}
+        result.records.append({**rec, "metric": "success_rate", "param": label,
+                               "value": float(success.float().mean())})
+        rows = [(label, x_adv, float(dist.mean()))]
+        for level in test.amplify or []:
+            amplified = transfer.amplify(data.x, x_adv, level)
+            rows.append((transfer_label(mid, level), amplified,
+                         float(transfer.distortion_of(data.x, amplified).mean())))
+        for row_label, _, value in rows:
+            result.records.append({**rec, "metric": "mean_distortion", "param": row_label,
+                                   "value": value})
+        return rows
+
+    def _baseline_rows(self, i: int, test: TestConfig, targets: list[str], data: Data,
+                       result: RunResult) -> list[tuple[str, torch.Tensor, float]]:
+        """The baseline's examples (one set per setting, made once on the CPU)."""
+        baseline = self.built[("tests", i, "baseline")]
+        stand_in = _stand_in_model(data)
+        rows = []
+        for label, variant in baseline.variants():
+            res = variant(stand_in, data.x, data.y, self.ctx)
+            rows.append((baseline_label(baseline.name, label), res.x_adv.cpu(),
+                         float(res.distortion.mean())))
+        return rows
+
+
+def _stand_in_model(data: Data) -> Model:
+    """A stand-in model for a baseline that needs none (its predictions are ignored)."""
+    n = data.num_classes
+    return Model(forward=lambda x: torch.zeros(len(x), n, device=x.device),
+                 input_shape=data.input_shape, num_classes=n, device="cpu",
+                 differentiable=False, name="baseline")
 
 
 class _ModelUnavailable(Exception):

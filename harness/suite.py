@@ -131,8 +131,18 @@ class TestConfig(_Strict):
     data: Any = None
     metrics: list[Any] | None = None
     description: str | None = None
+    #: transfer: feed the examples made for each of ``models`` to these models ("all": every
+    #: model of the suite)
+    transfer: Literal["all"] | list[str] | None = None
+    #: transfer: an attack that needs no model (noise), made once and fed to every target
+    baseline: Any = None
+    #: transfer: also the same perturbations scaled to these distortions, clipped to [0, 1]
+    amplify: list[float] | None = None
+    #: attack tests: a picture of this many examples per model (original, perturbation,
+    #: adversarial), as the paper's Fig. 5
+    pictures: int = Field(default=0, ge=0, le=64)
 
-    @field_validator("attack", "analysis", "data", mode="before")
+    @field_validator("attack", "analysis", "data", "baseline", mode="before")
     @classmethod
     def _specs(cls, v: Any) -> Spec | None:
         return _spec(v)
@@ -143,7 +153,22 @@ class TestConfig(_Strict):
             raise ValueError("a test has an attack or an analysis, not both")
         if self.analysis is not None and self.metrics is not None:
             raise ValueError("an analysis test reports its own metrics; remove 'metrics'")
+        if self.transfer is None and (self.baseline is not None or self.amplify is not None):
+            raise ValueError("'baseline' and 'amplify' belong to transfer tests (add 'transfer')")
+        if self.transfer is not None and self.attack is None:
+            raise ValueError("a transfer test needs an attack to make the examples with")
+        if self.transfer is not None and self.metrics is not None:
+            raise ValueError("a transfer test reports adv_error and mean_distortion; "
+                             "remove 'metrics'")
+        if any(not a > 0 for a in self.amplify or []):
+            raise ValueError("amplify values are distortions, which must be > 0")
         return self
+
+    def targets(self, suite_models: list[str]) -> list[str]:
+        """The models a transfer test feeds its examples to."""
+        if self.transfer == "all":
+            return list(suite_models)
+        return list(self.transfer or [])
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -188,13 +213,40 @@ class ReferenceConfig(_Strict):
     rows: dict[str, list[float | None]]
 
 
+class MatrixConfig(_Strict):
+    """A transfer test as a matrix: rows are the examples' origins (``made_for=<id>``,
+    amplified rows, baseline rows), columns the models fed, then the average distortion."""
+
+    test: str
+    metric: str = "adv_error"
+    models: list[str] | None = None
+    distortion: bool = True
+
+
 class TableConfig(_Strict):
+    """A composed table. Rows are model ids, or settings (``param`` values such as
+    ``layer=features.0``) when ``model`` is given or for a ``matrix``."""
+
     title: str
-    columns: list[ColumnConfig] = Field(min_length=1)
+    columns: list[ColumnConfig] | None = Field(default=None, min_length=1)
+    matrix: MatrixConfig | None = None
+    model: str | None = None
     rows: list[str] | None = None
     labels: dict[str, str] | None = None
     reference: ReferenceConfig | None = None
     notes: str | None = None
+
+    @model_validator(mode="after")
+    def _layout(self) -> "TableConfig":
+        if (self.columns is None) == (self.matrix is None):
+            raise ValueError("a table has either 'columns' or a 'matrix'")
+        if self.matrix is not None and self.model is not None:
+            raise ValueError("'model' goes with 'columns', not with a 'matrix'")
+        return self
+
+    @property
+    def rows_are_models(self) -> bool:
+        return self.matrix is None and self.model is None
 
 
 class Suite(_Strict):
@@ -262,10 +314,15 @@ DEFAULT_METRICS_ATTACK = ["clean_error", "adv_error", "success_rate", "mean_dist
 DEFAULT_METRICS_CLEAN = ["clean_error"]
 
 
+TRANSFER_METRICS = ["adv_error", "mean_distortion"]
+
+
 def metric_specs(test: TestConfig) -> list[Spec]:
     """The metrics a test computes (an analysis test reports its own: none here)."""
     if test.analysis is not None:
         return []
+    if test.transfer is not None:
+        return [Spec(use=n) for n in TRANSFER_METRICS]
     if test.metrics is not None:
         return list(test.metrics)
     names = DEFAULT_METRICS_ATTACK if test.attack is not None else DEFAULT_METRICS_CLEAN
@@ -357,6 +414,11 @@ def _check_references(suite: Suite) -> None:
             if mid not in suite.models:
                 raise suite.error(("tests", i, "models", j), f"unknown model id {mid!r}",
                                   hint=_choices(mid, suite.models, "models"))
+        if isinstance(test.transfer, list):
+            for j, mid in enumerate(test.transfer):
+                if mid not in suite.models:
+                    raise suite.error(("tests", i, "transfer", j), f"unknown model id {mid!r}",
+                                      hint=_choices(mid, suite.models, "models"))
         if suite.test_data(test) is None and test.analysis is None:
             raise suite.error(("tests", i), f"test {test.name!r} has no data",
                               hint="give the test a 'data' key or the suite a top-level 'data'")
@@ -373,7 +435,8 @@ def _check_outputs(suite: Suite) -> None:
             raise suite.error(("gates", i, "model"), f"unknown model id {gate.model!r}",
                               hint=_choices(gate.model, suite.models, "models"))
         test = suite.tests[seen[gate.test]]
-        if gate.model not in suite.test_models(test):
+        runs = suite.test_models(test) + test.targets(list(suite.models))
+        if gate.model not in runs:
             raise suite.error(("gates", i, "model"),
                               f"test {gate.test!r} does not run model {gate.model!r}")
         metric_names = [m.use for m in metric_specs(test)]
@@ -384,23 +447,48 @@ def _check_outputs(suite: Suite) -> None:
         if gate.min is None and gate.max is None and gate.max_drop is None:
             raise suite.error(("gates", i), "a gate needs 'min', 'max' or 'max_drop'")
     for i, table in enumerate(suite.tables):
-        for j, col in enumerate(table.columns):
+        for j, col in enumerate(table.columns or []):
             if col.test not in seen:
                 raise suite.error(("tables", i, "columns", j, "test"), f"unknown test {col.test!r}",
                                   hint=_choices(col.test, seen, "tests"))
-        for j, mid in enumerate(table.rows or []):
+        n_columns = len(table.columns or [])
+        if table.matrix is not None:
+            m = table.matrix
+            if m.test not in seen:
+                raise suite.error(("tables", i, "matrix", "test"), f"unknown test {m.test!r}",
+                                  hint=_choices(m.test, seen, "tests"))
+            test = suite.tests[seen[m.test]]
+            if test.transfer is None:
+                raise suite.error(("tables", i, "matrix", "test"),
+                                  f"test {m.test!r} is not a transfer test")
+            targets = test.targets(list(suite.models))
+            for j, mid in enumerate(m.models or []):
+                if mid not in targets:
+                    raise suite.error(("tables", i, "matrix", "models", j),
+                                      f"test {m.test!r} does not feed model {mid!r}",
+                                      hint=_choices(mid, targets, "it feeds"))
+            n_columns = len(m.models or targets) + (1 if m.distortion else 0)
+        for mid in [table.model] if table.model else []:
             if mid not in suite.models:
-                raise suite.error(("tables", i, "rows", j), f"unknown model id {mid!r}",
+                raise suite.error(("tables", i, "model"), f"unknown model id {mid!r}",
                                   hint=_choices(mid, suite.models, "models"))
-        if table.reference:
-            for mid, values in table.reference.rows.items():
-                loc = ("tables", i, "reference", "rows", mid)
+        if table.rows_are_models:
+            for j, mid in enumerate(table.rows or []):
                 if mid not in suite.models:
-                    raise suite.error(loc, f"unknown model id {mid!r}",
+                    raise suite.error(("tables", i, "rows", j), f"unknown model id {mid!r}",
                                       hint=_choices(mid, suite.models, "models"))
-                if len(values) != len(table.columns):
+        if table.reference:
+            for row, values in table.reference.rows.items():
+                loc = ("tables", i, "reference", "rows", row)
+                if table.rows_are_models and row not in suite.models:
+                    raise suite.error(loc, f"unknown model id {row!r}",
+                                      hint=_choices(row, suite.models, "models"))
+                if not table.rows_are_models and table.rows and row not in table.rows:
+                    raise suite.error(loc, f"{row!r} is not one of the table's rows",
+                                      hint=_choices(row, table.rows, "rows"))
+                if len(values) != n_columns:
                     raise suite.error(loc, f"{len(values)} reference values for "
-                                           f"{len(table.columns)} columns")
+                                           f"{n_columns} columns")
 
 
 def _choices(name: str, options: Any, what: str) -> str:
@@ -437,6 +525,13 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
             build("dataset", ("tests", i, "data"), test.data)
         if test.attack is not None:
             build("attack", ("tests", i, "attack"), test.attack)
+        if test.baseline is not None:
+            build("attack", ("tests", i, "baseline"), test.baseline)
+            if built[("tests", i, "baseline")].needs_gradients:
+                raise suite.error(("tests", i, "baseline", "use"),
+                                  f"attack {test.baseline.use!r} needs a model's gradients; a "
+                                  "baseline is made once for all models",
+                                  hint="use a model-free attack such as gaussian-noise")
         if test.analysis is not None:
             build("analysis", ("tests", i, "analysis"), test.analysis)
             if built[("tests", i, "analysis")].needs_data and suite.test_data(test) is None:
@@ -461,7 +556,7 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
                                   f"metric {gate.metric!r} has no better direction, so a drop "
                                   "cannot be measured", hint="use min/max for it")
         if k is not None and gate.param is not None and suite.tests[k].attack is not None:
-            labels = [label for label, _ in built[("tests", k, "attack")].variants()]
+            labels = settings_of(suite, k, built)
             if gate.param not in labels:
                 raise suite.error(("gates", i, "param"), f"test {gate.test!r} has no setting "
                                                           f"{gate.param!r}",
@@ -492,6 +587,32 @@ def resolve_suite_path(path: str | Path) -> Path:
     if p.exists() or p.suffix in (".yaml", ".yml") or "/" in str(path):
         return p
     return bundled_suites().get(str(path), p)
+
+
+def transfer_label(source: str, amplified: float | None = None) -> str:
+    """The ``param`` of transfer results: examples made for ``source`` (amplified)."""
+    return f"made_for={source}" + (f",amplified={amplified:g}" if amplified is not None else "")
+
+
+def baseline_label(attack: str, setting: str) -> str:
+    """The ``param`` of a transfer test's baseline results (``gaussian-noise stddev=0.1``)."""
+    return f"{attack} {setting}".strip()
+
+
+def settings_of(suite: Suite, i: int, built: dict[Loc, Any]) -> list[str]:
+    """The ``param`` values an attack test's results carry: the attack's sweep settings, or
+    for a transfer test, where its examples come from."""
+    test = suite.tests[i]
+    if test.transfer is None:
+        return [label for label, _ in built[("tests", i, "attack")].variants()]
+    out = []
+    for mid in suite.test_models(test):
+        out.append(transfer_label(mid))
+        out += [transfer_label(mid, a) for a in test.amplify or []]
+    if test.baseline is not None:
+        baseline = built[("tests", i, "baseline")]
+        out += [baseline_label(baseline.name, label) for label, _ in baseline.variants()]
+    return out
 
 
 def load_suite(path: str | Path, registry: Any = None) -> Suite:

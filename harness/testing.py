@@ -109,6 +109,7 @@ def run_suite_text(text: str, folder: Path, registry: Registry | None = None,
     from .suite import load_suite
 
     registry = registry or make_registry()
+    Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / "suite.yaml"
     path.write_text(text)
     suite = load_suite(path, registry)

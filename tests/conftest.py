@@ -17,6 +17,18 @@ if str(HERE) not in sys.path:  # tiny_models is imported by suites' `factory:` s
     sys.path.insert(0, str(HERE))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tests' models and batches are small: one thread is as fast as two, and it keeps
+    the tests steady when other processes load the cores (OpenMP threads spin-wait)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own model cache, so no test sees another's trained weights."""

@@ -70,11 +70,16 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         lookup[(rec.test, rec.model, rec.metric, rec.param or "")] = rec.value
 
     for table in suite.tables:
-        tables.append(_layout_table(suite, table, lookup))
+        tables.append(_layout_table(suite, table, lookup, df))
 
     cases = summary.get("cases", [])
     for test in suite.tests:
         sub = df[df["test"] == test.name]
+        if test.transfer is not None:
+            table = _matrix_table(suite, test, "adv_error", None, True, sub, lookup)
+            table.notes += _case_notes(cases, test.name, table)
+            tables.append(table)
+            continue
         metrics = [m.use for m in metric_specs(test)] or list(dict.fromkeys(sub["metric"]))
         params = list(dict.fromkeys(p for p in sub["param"].tolist()))
         with_param = any(params)
@@ -98,12 +103,9 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         if spec and (n is None or n == n and int(n) > 0):
             notes.append(f"data: {spec.use} " + ", ".join(f"{k}={v}" for k, v in spec.params.items())
                          + (f"; {int(n)} images" if n is not None and n == n else ""))
-        figures: list[str] = []
-        for case in cases:
-            if case.get("test") == test.name:
-                notes += [note for note in case.get("notes") or [] if note not in notes]
-                figures += case.get("figures") or []
-        tables.append(Table(title, headers, rows, notes, figures))
+        table = Table(title, headers, rows, notes)
+        table.notes += _case_notes(cases, test.name, table)
+        tables.append(table)
 
     verdicts = summary.get("gates") or []
     if verdicts:
@@ -155,21 +157,86 @@ def gates_table(verdicts: list[dict[str, Any]]) -> Table:
     return Table("Gates", headers + ["verdict", "why"], rows)
 
 
-def _layout_table(suite: Suite, table: Any, lookup: dict) -> Table:
+def _case_notes(cases: list[dict[str, Any]], test: str, table: Table) -> list[str]:
+    """The notes of a test's cases (once each); their figures go on ``table``."""
+    notes: list[str] = []
+    for case in cases:
+        if case.get("test") == test:
+            notes += [n for n in case.get("notes") or [] if n not in notes and n not in table.notes]
+            table.figures += case.get("figures") or []
+    return notes
+
+
+def _matrix_table(suite: Suite, test: Any, metric: str, models: list[str] | None,
+                  distortion: bool, sub: Any, lookup: dict, title: str | None = None,
+                  rows: list[str] | None = None, labels: dict[str, str] | None = None,
+                  reference: Any = None) -> Table:
+    """A transfer test as the paper's Table 2: a row per origin of the examples (made for a
+    model, amplified, baseline), a column per model fed, then the average distortion."""
+    columns = models or test.targets(list(suite.models))
+    order = rows or list(dict.fromkeys(p for p in sub["param"].tolist() if p))
+    headers = ["made for / fed to"] + [(labels or {}).get(m, m) for m in columns]
+    if distortion:
+        headers.append("av. distortion")
+    kinds = [metric_format(metric)] * len(columns) + (["number"] if distortion else [])
+    if reference is not None:
+        headers = [headers[0]] + [h for c in headers[1:] for h in (c, "paper")]
+    out = []
+    for param in order:
+        values = [lookup.get((test.name, m, metric, param)) for m in columns]
+        if distortion:
+            made_for = param.split(",")[0].partition("made_for=")[2]
+            owner = made_for or (columns[0] if columns else "")
+            values.append(lookup.get((test.name, owner, "mean_distortion", param)))
+        cells = [fmt(v, k) for v, k in zip(values, kinds)]
+        if reference is not None:
+            ref_vals = reference.rows.get(param) or []
+            refs = [fmt(ref_vals[k] if k < len(ref_vals) else None, kinds[k])
+                    for k in range(len(values))]
+            cells = [c for pair in zip(cells, refs) for c in pair]
+        out.append([(labels or {}).get(param, param)] + cells)
+    spec = test.attack
+    params_txt = ", ".join(f"{k}={v}" for k, v in spec.params.items())
+    notes = [f"{metric} of the column model on the examples of each row; examples made with "
+             f"{spec.use}" + (f" ({params_txt})" if params_txt else "")
+             + "; distortion: mean of sqrt(sum r^2 / n) over all images"]
+    if reference is not None:
+        notes.append(f"paper: {reference.source}")
+    return Table(title or f"Test {test.name}: transfer ({metric})", headers, out, notes)
+
+
+def _layout_table(suite: Suite, table: Any, lookup: dict, df: Any = None) -> Table:
     ref = table.reference
-    headers = ["model"]
+    if table.matrix is not None:
+        m = table.matrix
+        test = next(t for t in suite.tests if t.name == m.test)
+        sub = df[df["test"] == m.test] if df is not None else None
+        out = _matrix_table(suite, test, m.metric, m.models, m.distortion, sub, lookup,
+                            table.title, table.rows, table.labels, ref)
+        if table.notes:
+            out.notes.append(table.notes.strip())
+        return out
+    headers = ["model" if table.rows_are_models else "setting"]
     for col in table.columns:
         headers.append(col.header or col.metric)
         if ref:
             headers.append("paper")
     rows = []
-    for mid in table.rows or list(suite.models):
-        label = (table.labels or {}).get(mid, mid)
+    if table.rows_are_models:
+        row_ids = table.rows or list(suite.models)
+    else:
+        tests = {c.test for c in table.columns}
+        row_ids = table.rows or list(dict.fromkeys(
+            k[3] for k in lookup if k[0] in tests and k[1] == table.model and k[3]))
+    for rid in row_ids:
+        label = (table.labels or {}).get(rid, rid)
         row = [label]
-        ref_vals = (ref.rows.get(mid) if ref else None) or []
+        ref_vals = (ref.rows.get(rid) if ref else None) or []
         for k, col in enumerate(table.columns):
             kind = col.format or metric_format(col.metric)
-            row.append(fmt(lookup.get((col.test, mid, col.metric, col.param or "")), kind))
+            key = ((col.test, rid, col.metric, col.param or "") if table.rows_are_models
+                   else (col.test, table.model, col.metric, rid))
+            row.append(fmt(lookup.get(key), kind))
             if ref:
                 row.append(fmt(ref_vals[k] if k < len(ref_vals) else None, kind))
         rows.append(row)

@@ -1,0 +1,97 @@
+"""Adversarial examples made for one model and fed to others: amplification, and the
+portable file format they are saved in.
+
+Each transfer test saves, per source model, ``artifacts/<test>/<model>.npz`` (NumPy's
+format, readable by any tool with ``numpy.load``) holding
+
+==============  ========================  ==============================================
+``x_adv``       float32 [N, C, H, W]      the adversarial images, pixels in [0, 1]
+``x``           float32 [N, C, H, W]      the original images
+``y``           int64 [N]                 true labels
+``target``      int64 [N]                 target labels (absent for untargeted attacks)
+``success``     bool [N]                  whether the source model outputs the goal
+``distortion``  float32 [N]               sqrt(sum r^2 / n) per image
+==============  ========================  ==============================================
+
+and beside it ``<model>.json``: the format name, the suite, the test, the source model's
+spec, the attack's spec, the data's spec and fingerprint, and the seed. ``harness run
+--reuse RUN_DIR`` loads examples whose JSON matches instead of making them again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "harness-adversarial-examples/1"
+
+
+def amplify(x: torch.Tensor, x_adv: torch.Tensor, distortion: float) -> torch.Tensor:
+    """The same perturbation directions, each scaled so that its distortion
+    sqrt(sum r^2 / n) is ``distortion``, then clipped to [0, 1] (which can only shrink it).
+    Images with no perturbation stay as they are."""
+    r = (x_adv - x).flatten(1)
+    current = r.norm(dim=1) / r.shape[1] ** 0.5
+    scale = torch.where(current > 0, distortion / current.clamp_min(1e-12),
+                        torch.zeros_like(current))
+    return (x + (r * scale[:, None]).view_as(x)).clamp(0.0, 1.0)
+
+
+def distortion_of(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    r = (x_adv - x).flatten(1)
+    return r.norm(dim=1) / r.shape[1] ** 0.5
+
+
+def pack(x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, success: torch.Tensor,
+         target: torch.Tensor | None) -> bytes:
+    """The ``.npz`` bytes of a set of examples."""
+    arrays = {
+        "x_adv": x_adv.detach().float().cpu().numpy(),
+        "x": x.detach().float().cpu().numpy(),
+        "y": y.detach().long().cpu().numpy(),
+        "success": success.detach().bool().cpu().numpy(),
+        "distortion": distortion_of(x, x_adv).float().cpu().numpy(),
+    }
+    if target is not None:
+        arrays["target"] = target.detach().long().cpu().numpy()
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def metadata(**fields: Any) -> dict[str, Any]:
+    return {"format": FORMAT, **fields}
+
+
+def matches(meta: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether saved examples were made the way ``wanted`` says (everything but the time)."""
+    keys = ("format", "test", "model_spec", "attack_spec", "data_spec", "data_fingerprint",
+            "seed", "n")
+    return all(json.dumps(meta.get(k), sort_keys=True) == json.dumps(wanted.get(k), sort_keys=True)
+               for k in keys)
+
+
+def load(npz: Path) -> dict[str, np.ndarray]:
+    with np.load(npz) as f:
+        return {k: f[k] for k in f.files}
+
+
+def find_reusable(run_dir: Path, test: str, model: str,
+                  wanted: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The examples saved in ``run_dir`` for (test, model), if made the way ``wanted`` says."""
+    base = run_dir / "artifacts" / test
+    meta_path, npz_path = base / f"{model}.json", base / f"{model}.npz"
+    if not (meta_path.is_file() and npz_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not matches(meta, wanted):
+        return None
+    return load(npz_path)
