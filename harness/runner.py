@@ -384,15 +384,19 @@ class Runner:
         result.pending_files[f"{base}.json"] = (json.dumps(
             {**wanted, "created": _now()}, indent=2, default=str) + "\n").encode()
         label = transfer_label(mid)
-        dist = transfer.distortion_of(data.x, x_adv)
         rec = {"test": test.name, "model": mid, "n": len(data)}
         result.records.append({**rec, "metric": "success_rate", "param": label,
                                "value": float(success.float().mean())})
-        rows = [(label, x_adv, float(dist.mean()))]
+
+        def mean_distortion(x_rows: torch.Tensor) -> float:
+            """Over the images where the attack succeeded on its source (as Table 1)."""
+            dist = transfer.distortion_of(data.x, x_rows)[success]
+            return float(dist.mean()) if len(dist) else float("nan")
+
+        rows = [(label, x_adv, mean_distortion(x_adv))]
         for level in test.amplify or []:
             amplified = transfer.amplify(data.x, x_adv, level)
-            rows.append((transfer_label(mid, level), amplified,
-                         float(transfer.distortion_of(data.x, amplified).mean())))
+            rows.append((transfer_label(mid, level), amplified, mean_distortion(amplified)))
         for row_label, _, value in rows:
             result.records.append({**rec, "metric": "mean_distortion", "param": row_label,
                                    "value": value})

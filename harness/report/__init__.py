@@ -199,10 +199,59 @@ def _matrix_table(suite: Suite, test: Any, metric: str, models: list[str] | None
     params_txt = ", ".join(f"{k}={v}" for k, v in spec.params.items())
     notes = [f"{metric} of the column model on the examples of each row; examples made with "
              f"{spec.use}" + (f" ({params_txt})" if params_txt else "")
-             + "; distortion: mean of sqrt(sum r^2 / n) over all images"]
+             + "; av. distortion: mean of sqrt(sum r^2 / n) over the images where the attack "
+               "reached its goal on its source model (baseline rows: over all images)"]
     if reference is not None:
         notes.append(f"paper: {reference.source}")
+    else:
+        notes += transfer_findings(test.name, columns, order, metric, lookup)
     return Table(title or f"Test {test.name}: transfer ({metric})", headers, out, notes)
+
+
+def transfer_findings(test: str, columns: list[str], rows: list[str], metric: str,
+                      lookup: dict) -> list[str]:
+    """Sentences comparing, from the results alone, how examples made for other models and
+    noise of about the same size fare off the diagonal, and what amplification changes."""
+
+    def off_diagonal(kind: str) -> tuple[list[float], list[float]]:
+        errors, dists = [], []
+        for param in rows:
+            source = param.split(",")[0].partition("made_for=")[2]
+            amplified = "amplified=" in param
+            if not source or amplified != (kind == "amplified"):
+                continue
+            dists.append(lookup.get((test, source, "mean_distortion", param), math.nan))
+            errors += [v for m in columns if m != source
+                       and (v := lookup.get((test, m, metric, param))) is not None]
+        return errors, dists
+
+    def mean(values: list[float]) -> float:
+        values = [v for v in values if v == v]
+        return sum(values) / len(values) if values else math.nan
+
+    out = []
+    errors, dists = off_diagonal("plain")
+    if errors:
+        d = mean(dists)
+        line = (f"finding: examples made for another model (av. distortion {d:.3g}) give a mean "
+                f"{metric} of {fmt(mean(errors), 'percent')} (from {fmt(min(errors), 'percent')}"
+                f" to {fmt(max(errors), 'percent')}) on the models they were not made for")
+        baselines = [p for p in rows if "made_for=" not in p]
+        if baselines:
+            def base_dist(p: str) -> float:
+                return lookup.get((test, columns[0], "mean_distortion", p), math.nan)
+            closest = min(baselines, key=lambda p: abs(base_dist(p) - d))
+            noise = mean([v for m in columns if (v := lookup.get((test, m, metric, closest)))
+                          is not None])
+            line += (f"; {closest} (distortion {base_dist(closest):.3g}) gives "
+                     f"{fmt(noise, 'percent')}")
+        out.append(line)
+    amp_errors, amp_dists = off_diagonal("amplified")
+    if amp_errors and errors:
+        out.append(f"finding: amplified to distortion {mean(amp_dists):.3g}, the same "
+                   f"perturbations give {fmt(mean(amp_errors), 'percent')} on the other models "
+                   f"(unamplified: {fmt(mean(errors), 'percent')})")
+    return out
 
 
 def _layout_table(suite: Suite, table: Any, lookup: dict, df: Any = None) -> Table:
@@ -234,7 +283,8 @@ def _layout_table(suite: Suite, table: Any, lookup: dict, df: Any = None) -> Tab
         ref_vals = (ref.rows.get(rid) if ref else None) or []
         for k, col in enumerate(table.columns):
             kind = col.format or metric_format(col.metric)
-            key = ((col.test, rid, col.metric, col.param or "") if table.rows_are_models
+            param = (col.param or "").replace("{model}", rid)
+            key = ((col.test, rid, col.metric, param) if table.rows_are_models
                    else (col.test, table.model, col.metric, rid))
             row.append(fmt(lookup.get(key), kind))
             if ref:
