@@ -40,15 +40,21 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: str,
     """Build Python values from a composed YAML node, recording each location's line."""
     lines.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+        loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor) come first; explicit
+        merged = len(node.value) - explicit  # keys may override them
         out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
+        written: set[Any] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise SuiteError("keys must be plain names", file=file,
                                  line=key_node.start_mark.line + 1)
-            if key in out:
+            if key in written:
                 raise SuiteError(f"duplicate key {key!r}", file=file,
                                  line=key_node.start_mark.line + 1, field=_field(loc + (key,)))
+            if index >= merged:
+                written.add(key)
             lines[loc + (key,)] = key_node.start_mark.line + 1
             out[key] = _walk(value_node, loc + (key,), lines, file, loader)
         return out

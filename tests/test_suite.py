@@ -143,3 +143,12 @@ def test_table_reference_must_match_columns(write_suite, registry):
     with pytest.raises(SuiteError) as info:
         load_suite(write_suite(text), registry)
     assert info.value.line == 21 and "2 reference values for 1 columns" in str(info.value)
+
+
+def test_anchors_and_merge_keys(write_suite, registry):
+    text = GOOD.replace("  near: {use", "  near: &spec {use").replace(
+        "  lin:\n    use: torch\n    factory: tiny_models:linear\n    input_shape: [1, 8, 8]\n",
+        "  lin:\n    <<: *spec\n    factory: tiny_models:linear\n")
+    suite = load_suite(write_suite(text), registry)
+    assert suite.models["lin"].params == {"factory": "tiny_models:linear",
+                                          "input_shape": [1, 8, 8]}
