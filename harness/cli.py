@@ -208,6 +208,31 @@ _NO_ARGS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 @cli.command()
+@click.argument("suite")
+@click.argument("model_id")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--device", help="auto, cpu, cuda or cuda:N (default: the suite's).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where datasets live.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="The model cache.")
+@click.option("--seed", type=int, help="Override the suite's seed.")
+@click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
+@click.option("--dynamo/--legacy", default=True, show_default=True,
+              help="torch.onnx's current (dynamo) exporter, or the legacy TorchScript one.")
+def export(suite: str, model_id: str, out: Path, device: str | None, data_dir: Path | None,
+           cache_dir: Path | None, seed: int | None, opset: int | None, dynamo: bool) -> int:
+    """Export MODEL_ID of SUITE to ONNX at OUT, checked against the original on a batch."""
+    from .export import export_suite_model
+
+    info = export_suite_model(suite, model_id, out, device=device, data_dir=data_dir,
+                              cache_dir=cache_dir, seed=seed, opset=opset, dynamo=dynamo)
+    click.echo(f"wrote {info['path']} ({info['exporter']} exporter, opset {info['opset']}, "
+               f"{info['bytes'] / 1e6:.2f} MB)")
+    click.echo(f"checked on {info['check']}: max |logit difference| {info['max_abs_diff']:.3g} "
+               f"(allowed {info['allowed_diff']:.3g})")
+    return 0
+
+
+@cli.command()
 @click.argument("run_a", type=click.Path(path_type=Path))
 @click.argument("run_b", type=click.Path(path_type=Path))
 @click.option("--test", help="Only this test.")

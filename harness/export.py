@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -60,20 +61,30 @@ def _reason(exc: BaseException) -> str:
     return text[:400]
 
 
-def _run_onnx(path: Path, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+def _onnx_logits(path: Path, xs: list[torch.Tensor], batch: int = 256) -> list[torch.Tensor]:
+    """onnxruntime's logits (CPU provider) for each batch in ``xs``."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    x = x.detach().to("cpu", torch.float32)
-    outs = [torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch].numpy()})[0])
-            for i in range(0, len(x), batch)]
-    return torch.cat(outs).float()
+    outs = []
+    for x in xs:
+        x = x.detach().to("cpu", torch.float32)
+        parts = [session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch].numpy()})[0]
+                 for i in range(0, len(x), batch)]
+        outs.append(torch.from_numpy(np.concatenate(parts)).float())
+    return outs
 
 
-def _opset_of(path: Path, asked: int | None) -> int | None:
+def _opset_of(program: Any, path: Path, asked: int | None) -> int | None:
+    """The default-domain opset of the export (from the dynamo exporter's program, else
+    the file)."""
+    try:
+        return int(program.model.opset_imports[""])
+    except Exception:
+        pass
     try:
         import onnx
     except ImportError:
@@ -119,8 +130,9 @@ def export_model(model: Model, out: Path, *, opset: int | None = None, dynamo: b
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
+                program = None
                 if dynamo:
-                    torch.onnx.export(
+                    program = torch.onnx.export(
                         module, (example,), str(tmp), dynamo=True, opset_version=opset,
                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                         dynamic_shapes=({0: torch.export.Dim("batch")},),
@@ -144,8 +156,7 @@ def export_model(model: Model, out: Path, *, opset: int | None = None, dynamo: b
         with torch.no_grad():
             ref = torch.cat([module(x[i:i + 256]) for i in range(0, len(x), 256)]).float().cpu()
         try:
-            got = _run_onnx(tmp, x)
-            one = _run_onnx(tmp, x[:1])
+            got, one = _onnx_logits(tmp, [x, x[:1]])
         except Exception as exc:
             raise ModelError(f"onnxruntime cannot run the exported {model.name!r}: "
                              f"{_reason(exc)}") from None
@@ -159,7 +170,7 @@ def export_model(model: Model, out: Path, *, opset: int | None = None, dynamo: b
             raise ModelError(f"the exported {model.name!r} differs from the module by {diff:.3g} "
                              f"in its logits (allowed {allowed:.3g})",
                              hint="try the other exporter (dynamo on/off) or another opset")
-        opset_used = _opset_of(tmp, opset)
+        opset_used = _opset_of(program, tmp, opset or (None if dynamo else LEGACY_OPSET))
         os.replace(tmp, out)
     finally:
         if tmp.exists():

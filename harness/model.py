@@ -40,6 +40,11 @@ class Model:
         self.differentiable = differentiable
         self.name = name
         self.eval_batch_size = eval_batch_size
+        #: how gradients are obtained: "autograd", "converted" (an ONNX graph turned into
+        #: torch), "finite-differences", "spsa", or None (no gradients)
+        self.gradient_source: str | None = "autograd" if differentiable else None
+        #: a line on the model's provenance or gradients, for the report
+        self.gradient_note = ""
         if module is not None:
             module.eval()
             for p in module.parameters():

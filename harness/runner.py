@@ -67,6 +67,8 @@ class ModelInfo:
     error: str | None = None
     error_kind: str | None = None
     traceback: str | None = None
+    gradients: str | None = None      # how the model's gradients are obtained
+    note: str = ""
 
 
 @dataclass
@@ -188,6 +190,8 @@ class Runner:
                     raise TypeError(f"model plugin {spec['use']!r} returned "
                                     f"{type(model).__name__}, not a harness.Model")
                 model.name = mid
+                info.gradients = getattr(model, "gradient_source", None)
+                info.note = getattr(model, "gradient_note", "") or ""
                 self._models[mid] = model
             except KeyboardInterrupt:
                 raise

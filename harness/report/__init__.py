@@ -107,6 +107,14 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         table.notes += _case_notes(cases, test.name, table)
         tables.append(table)
 
+    models = summary.get("models") or []
+    if models:
+        tables.append(Table(
+            "Models", ["model", "plugin", "status", "gradients", "load s", "note"],
+            [[m["id"], (m.get("spec") or {}).get("use", ""), m.get("status", ""),
+              m.get("gradients") or "none", f"{m.get('seconds', 0):.1f}",
+              m.get("error") or m.get("note") or ""] for m in models]))
+
     verdicts = summary.get("gates") or []
     if verdicts:
         tables.append(gates_table(verdicts))

@@ -2,6 +2,7 @@
 
 from harness import hookimpl
 
+from .onnx_model import OnnxModel
 from .paper_mnist import MLP, PaperMNIST
 from .torch_factory import TorchModel
 
@@ -11,3 +12,4 @@ def register_models(register):
     register("torch", TorchModel)
     register("paper-mnist", PaperMNIST)
     register("mlp", MLP)
+    register("onnx", OnnxModel)
