@@ -42,3 +42,8 @@ def wrong_classes() -> nn.Module:
 
 def not_a_module() -> str:
     return "no"
+
+
+def default_init(width: int = 16) -> nn.Module:
+    """Layers with torch's default (global-generator) initialization."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))

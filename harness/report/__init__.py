@@ -27,6 +27,7 @@ class Table:
 
 
 def metric_format(metric: str) -> str:
+    metric = metric.split("|")[0]
     if metric.endswith(PERCENT_SUFFIXES):
         return "percent"
     if metric == "seconds":
@@ -292,9 +293,13 @@ def _layout_table(suite: Suite, table: Any, lookup: dict, df: Any = None) -> Tab
         for k, col in enumerate(table.columns):
             kind = col.format or metric_format(col.metric)
             param = (col.param or "").replace("{model}", rid)
-            key = ((col.test, rid, col.metric, param) if table.rows_are_models
-                   else (col.test, table.model, col.metric, rid))
-            row.append(fmt(lookup.get(key), kind))
+            value = None
+            for metric in col.metric.split("|"):  # "a|b": the first one the row has
+                key = ((col.test, rid, metric, param) if table.rows_are_models
+                       else (col.test, table.model, metric, rid))
+                if (value := lookup.get(key)) is not None:
+                    break
+            row.append(fmt(value, kind))
             if ref:
                 row.append(fmt(ref_vals[k] if k < len(ref_vals) else None, kind))
         rows.append(row)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from harness import Context, Model, ModelError, ModelPlugin, ParamError
+from harness.context import stable_seed
 
 
 class Normalize(nn.Module):
@@ -72,10 +73,14 @@ class TorchModel(ModelPlugin):
         self.mean = mean
         self.std = std
 
-    def build_module(self) -> nn.Module:
+    def build_module(self, seed: int = 0) -> nn.Module:
+        """The module; random initializations are drawn from ``seed`` (in a fork of torch's
+        global generator, which is left as it was)."""
         make = import_callable(self.factory)
         try:
-            module = make(**(self.kwargs or {}))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(stable_seed(seed, self.factory, self.kwargs))
+                module = make(**(self.kwargs or {}))
         except Exception as exc:
             raise ModelError(f"{self.factory}(**{self.kwargs or {}}) failed: "
                              f"{type(exc).__name__}: {exc}") from None
@@ -99,7 +104,7 @@ class TorchModel(ModelPlugin):
         return module
 
     def load(self, ctx: Context) -> Model:
-        module = self.build_module().to(ctx.device).eval()
+        module = self.build_module(ctx.seed).to(ctx.device).eval()
         num_classes = self.num_classes
         if num_classes is None:
             with torch.no_grad():
