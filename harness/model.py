@@ -96,8 +96,9 @@ class Model:
     def features(self, path: str, x: torch.Tensor) -> torch.Tensor:
         """The output of layer ``path`` for ``x``, flattened to ``[B, features]``."""
         captured: list[torch.Tensor] = []
+        # a copy: an in-place operation after the layer (ReLU(inplace=True)) would change it
         handle = self.layer(path).register_forward_hook(
-            lambda _m, _i, out: captured.append(out))
+            lambda _m, _i, out: captured.append(out.clone()))
         try:
             self(x)
         finally:

@@ -135,3 +135,13 @@ def test_context_generators_are_keyed():
     assert torch.equal(a, torch.rand(3, generator=Context(seed=1).generator("x", 1)))
     assert not torch.equal(a, torch.rand(3, generator=ctx.generator("x", 2)))
     assert not torch.equal(a, torch.rand(3, generator=Context(seed=2).generator("x", 1)))
+
+
+def test_features_are_copied_before_in_place_ops():
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8),
+                                 torch.nn.ReLU(inplace=True), torch.nn.Linear(8, 10))
+    model = Model(module, input_shape=(1, 8, 8), num_classes=10)
+    x = torch.rand(16, 1, 8, 8)
+    feats = model.features("1", x)
+    assert torch.allclose(feats, module[1](x.flatten(1)))
+    assert (feats < 0).any()  # the ReLU after it did not overwrite the captured values

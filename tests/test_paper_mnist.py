@@ -251,6 +251,11 @@ def test_default_epochs_scale_with_the_data_size():
     (PaperMNIST, {"ae_target": 1.5}, "ae_target"),
     (PaperMNIST, {"ae_sparsity": -1}, "ae_sparsity"),
     (PaperMNIST, {"ae_epochs": 0}, "ae_epochs"),
+    (PaperMNIST, {"conv": [16, 0]}, "conv"),
+    (PaperMNIST, {"conv": "16"}, "conv"),
+    (PaperMNIST, {"conv": [16], "autoencoder": 400}, "conv"),
+    (PaperMNIST, {"conv": [4, 8], "hidden": [16], "weight_decay": [0.0, 0.0, 0.0]},
+     "weight_decay"),
     (MLP, {"activation": "tanh"}, "activation"),
     (MLP, {"train": {"split": "train"}}, "train"),
     (MLP, {"hidden": [4], "weight_decay": [0.1]}, "weight_decay"),
@@ -367,3 +372,107 @@ def test_table1_errors(slow_enabled, registry, mnist_dir, tmp_path, name):
     assert model.name == name.split("(")[0]
     assert error(model, ctx.dataset("mnist", split="train")) <= max_train
     assert lo <= error(model, ctx.dataset("mnist", split="test")) <= hi
+
+
+# --- the conv net (Section 3) ---------------------------------------------------------------
+
+#: cache keys and random-stream ids of models that existed before ``conv``: adding a
+#: parameter must not change them (it would retrain every cached model, and with different
+#: random streams, differently)
+PINNED_KEYS = [
+    ({}, "4dd0d0057bd79b59"),
+    ({"weight_decay": 1e-4}, "f3b0ab3333823f2c"),
+    ({"hidden": [100, 100], "weight_decay": [1e-5, 1e-5, 1e-6]}, "63f2f5f286d9e07d"),
+    ({"hidden": [123, 456], "train_split": "p1"}, "c5bf0eada3426e96"),
+    ({"autoencoder": 400, "weight_decay": 1e-6}, "a94dc8fcb73a10f2"),
+]
+
+
+def fake_mnist(n: int = 10):
+    from harness import Data
+
+    return Data(torch.zeros(n, 1, 28, 28), torch.zeros(n, dtype=torch.long), 10, "fake")
+
+
+@pytest.mark.parametrize("params, key", PINNED_KEYS)
+def test_fully_connected_models_keep_their_cache_keys(registry, params, key):
+    plugin = build(registry, "paper-mnist", **params)
+    assert plugin.cache_key(Context(), fake_mnist()) == key
+    assert "conv" not in plugin.params() and "conv" not in plugin.params_id()
+    assert "conv" not in repr(plugin)
+
+
+def test_conv_parameters_enter_the_key_when_used(registry):
+    conv = build(registry, "paper-mnist", conv=[4, 8], hidden=[16])
+    assert conv.params()["conv"] == [4, 8] and "conv=[4, 8]" in repr(conv)
+    other = build(registry, "paper-mnist", conv=[4, 9], hidden=[16])
+    assert conv.cache_key(Context(), fake_mnist()) != other.cache_key(Context(), fake_mnist())
+
+
+def test_conv_defaults_labels_and_layout():
+    plugin = PaperMNIST(conv=[16, 32], hidden=[128])
+    assert plugin.schedule(60000) == training.Schedule("adam", paper_mnist.CONV_EPOCHS,
+                                                       paper_mnist.CONV_LR, 256)
+    assert plugin.schedule(1000).epochs * 4 >= paper_mnist.CONV_MIN_STEPS  # small data
+    assert PaperMNIST(conv=[8]).schedule(60000).optimizer == "adam"  # not convex
+    data = fake_mnist()
+    assert plugin.label(data) == "Conv16-32-FC128-10"
+    assert PaperMNIST(conv=[16]).label(data) == "Conv16-FC10"
+    assert PaperMNIST(conv=[16], train_split="p2").label(data) == "Conv16-FC10[p2]"
+    module = plugin.build(data, torch.Generator().manual_seed(0))
+    assert [type(m) for m in module] == [
+        nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Conv2d, nn.ReLU, nn.MaxPool2d,
+        nn.Flatten, nn.Linear, nn.ReLU, nn.Linear]
+    assert module[3].kernel_size == (5, 5) and module[7].in_features == 32 * 7 * 7
+    x = torch.rand(3, 1, 28, 28)
+    assert module[:3](x).shape == (3, 16, 14, 14) and module[:6](x).shape == (3, 32, 7, 7)
+    assert module(x).shape == (3, 10)
+    # the weight penalty covers the convolutions too, one lambda per layer in order
+    assert [type(m) for m in training.weight_layers(module)] == [nn.Conv2d, nn.Conv2d,
+                                                                 nn.Linear, nn.Linear]
+    assert PaperMNIST(conv=[4, 8], hidden=[16], weight_decay=[1, 2, 3, 4]).weight_decay == \
+        [1.0, 2.0, 3.0, 4.0]
+
+
+def test_too_many_conv_layers_for_the_image(registry):
+    plugin = PaperMNIST(conv=[2, 2, 2, 2, 2])  # 28 -> 14 -> 7 -> 3 -> 1 -> 0
+    with pytest.raises(ModelError, match="too many for 28x28"):
+        plugin.build(fake_mnist(), torch.Generator().manual_seed(0))
+    PaperMNIST(conv=[2, 2, 2, 2]).build(fake_mnist(), torch.Generator().manual_seed(0))
+
+
+def test_conv_net_on_a_subset(registry, mnist_dir, tmp_path, count_fits):
+    params = {"conv": [4, 8], "hidden": [16], "limit": 1000, "epochs": 4, "batch_size": 50,
+              "lr": 5e-3, "weight_decay": [1e-4, 1e-4, 1e-5, 0.0]}
+    model = build(registry, "paper-mnist", **params).load(
+        make_ctx(registry, tmp_path / "a", data_dir=mnist_dir))
+    assert model.name == "Conv4-8-FC16-10" and model.input_shape == (1, 28, 28)
+    test = make_ctx(registry, tmp_path, data_dir=mnist_dir).dataset("mnist", split="test",
+                                                                   limit=1000)
+    assert error(model, test) < 0.3  # chance is 0.9; 1000 images, 80 steps
+    x = test.x[:5]
+    assert model.features("2", x).shape == (5, 4 * 14 * 14)
+    assert model.features("5", x).shape == (5, 8 * 7 * 7)
+    assert model.features("8", x).shape == (5, 16)
+    assert not any(p.requires_grad for p in model.module.parameters())
+    # deterministic from the seed, cached like the others
+    again = build(registry, "paper-mnist", **params).load(
+        make_ctx(registry, tmp_path / "b", data_dir=mnist_dir))
+    other = build(registry, "paper-mnist", **params).load(
+        make_ctx(registry, tmp_path / "c", data_dir=mnist_dir, seed=1))
+    assert same_weights(state(model), state(again))
+    assert not same_weights(state(model), state(other))
+    assert len(count_fits) == 3
+    cached = build(registry, "paper-mnist", **params).load(
+        make_ctx(registry, tmp_path / "a", data_dir=mnist_dir))
+    assert len(count_fits) == 3 and same_weights(state(model), state(cached))
+
+
+@pytest.mark.slow
+def test_conv_net_errors(slow_enabled, registry, mnist_dir, tmp_path):
+    """The probe suite's conv net on all of MNIST: about 1% test error or better."""
+    ctx = make_ctx(registry, tmp_path, data_dir=mnist_dir)
+    model = build(registry, "paper-mnist", conv=[16, 32], hidden=[128]).load(ctx)
+    assert model.name == "Conv16-32-FC128-10"
+    assert error(model, ctx.dataset("mnist", split="train")) <= 0.01
+    assert error(model, ctx.dataset("mnist", split="test")) <= 0.012

@@ -1,25 +1,40 @@
 """The paper's MNIST models (Table 1, Table 3) and small MLPs for any dataset, trained by the
 harness on first use and cached.
 
-``paper-mnist`` builds the fully connected nets of Szegedy et al. (2013), Table 1:
+``paper-mnist`` builds the fully connected nets of Szegedy et al. (2013), Table 1, and a
+small convolutional net for the unit probes of Section 3 (the paper's MNIST experiment there
+uses "a convolutional net" without giving its architecture):
 
-=================  ==========================================================================
-FC10(lambda)       ``hidden: []``, ``weight_decay: lambda`` (softmax regression)
-FC100-100-10       ``hidden: [100, 100]``, ``weight_decay: [1e-5, 1e-5, 1e-6]``
-FC200-200-10       ``hidden: [200, 200]``, ``weight_decay: [1e-5, 1e-5, 1e-6]``
-FC123-456-10       ``hidden: [123, 456]``, ``train_split: p1`` (Table 3)
-AE400-10           ``autoencoder: 400``, ``weight_decay: 1e-6``
-=================  ==========================================================================
+===================  ========================================================================
+FC10(lambda)         ``hidden: []``, ``weight_decay: lambda`` (softmax regression)
+FC100-100-10         ``hidden: [100, 100]``, ``weight_decay: [1e-5, 1e-5, 1e-6]``
+FC200-200-10         ``hidden: [200, 200]``, ``weight_decay: [1e-5, 1e-5, 1e-6]``
+FC123-456-10         ``hidden: [123, 456]``, ``train_split: p1`` (Table 3)
+AE400-10             ``autoencoder: 400``, ``weight_decay: 1e-6``
+Conv16-32-FC128-10   ``conv: [16, 32], hidden: [128]`` (Section 3; the probe suite's net)
+===================  ========================================================================
 
 ``mlp`` is the same trainer for any dataset plugin (scikit-learn's digits by default), for
 suites that must run in seconds and offline.
 
 The returned modules are ``nn.Sequential`` with addressable layers::
 
-    FC100-100-10:  0 Flatten, 1 Linear, 2 Sigmoid, 3 Linear, 4 Sigmoid, 5 Linear
-    AE400-10:      0 Flatten, 1 Linear (encoder), 2 Sigmoid (the code), 3 Linear (softmax)
+    FC100-100-10:        0 Flatten, 1 Linear, 2 Sigmoid, 3 Linear, 4 Sigmoid, 5 Linear
+    AE400-10:            0 Flatten, 1 Linear (encoder), 2 Sigmoid (the code), 3 Linear (softmax)
+    Conv16-32-FC128-10:  0 Conv2d(1->16, 5x5), 1 ReLU, 2 MaxPool2d (16x14x14),
+                         3 Conv2d(16->32, 5x5), 4 ReLU, 5 MaxPool2d (32x7x7),
+                         6 Flatten, 7 Linear, 8 ReLU (the hidden layer, 128), 9 Linear
 
-so ``model.features("2", x)`` is the first hidden layer (or the autoencoder's code).
+so ``model.features("2", x)`` is the first hidden layer (or the autoencoder's code) of a
+fully connected net, and of a conv net ``"2"``/``"5"`` are the pooled feature maps of its
+first/second convolution and ``"8"`` its last hidden layer. In general a conv net has
+``3 * len(conv)`` conv/ReLU/pool modules, then ``Flatten``, then a Linear/ReLU pair per
+hidden width, then the output Linear.
+
+The conv net: each width in ``conv`` is a 5x5 convolution (zero-padded, so the image keeps
+its size), a ReLU and a 2x2 max-pooling; the ``hidden`` layers after it are ReLU too (the
+paper's fully connected nets are sigmoid; for a conv net ReLU is the usual choice and trains
+in a few epochs). Convolutions are initialized He-uniform, linear layers LeCun-uniform.
 
 Calibrated defaults (errors measured on MNIST at seed 0 next to the paper's Table 1):
 softmax classifiers (no hidden layer, also the softmax on the autoencoder's code) by 100
@@ -27,7 +42,9 @@ iterations of full-batch L-BFGS; sigmoid nets by Adam, lr 1e-2 decayed to 0 alon
 batch 256, 20 epochs; the autoencoder by Adam, lr 2e-2, batch 256, 10 epochs, sparsity 1.5
 towards a mean activation of 0.1, weight decay 6e-3. Weight decay enters the loss as
 ``lambda / 2 * ||W||^2`` per weight matrix, added to the mean cross-entropy (see
-:mod:`training`).
+:mod:`training`). Conv nets: Adam, lr 3e-3 decayed to 0 along a cosine, batch 256, 3 epochs
+(:data:`CONV_EPOCHS`, :data:`CONV_LR`); Conv16-32-FC128-10 then has 0.54% training and
+1.05% test error (seed 0), and trains in 30-40 s on 2 idle CPU cores (50 s on one).
 """
 
 from __future__ import annotations
@@ -56,6 +73,8 @@ from .training import (
     check_positive_float,
     check_positive_int,
     check_weight_decay,
+    check_widths,
+    conv_layers,
     fit_autoencoder,
     fit_classifier,
     make_linear,
@@ -66,6 +85,14 @@ from .training import (
 #: calibrated autoencoder schedule (Adam, cosine decay) for AE400-10
 AE_LR = 2e-2
 DEFAULT_AE_EPOCHS = 10
+
+#: calibrated Adam schedule of the conv nets (cosine decay, batch ``batch_size``); on small
+#: training sets the default epochs rise to at least ``CONV_MIN_STEPS`` steps
+CONV_EPOCHS = 3
+CONV_LR = 3e-3
+CONV_MIN_STEPS = 500
+#: kernel size of the conv nets' convolutions
+CONV_KERNEL = 5
 
 
 class TrainedClassifier(ModelPlugin):
@@ -104,11 +131,15 @@ class TrainedClassifier(ModelPlugin):
         """Anything beyond the parameters and the schedule that decides the weights."""
         return {}
 
+    def num_weight_layers(self) -> int:
+        """How many layers of the trained classifier carry a weight penalty."""
+        return len(self.hidden) + 1
+
     def fit(self, module: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ctx: Context,
             label: str) -> dict[str, Any]:
         """Train ``module`` (already on ``x``'s device); return metadata for the cache."""
         schedule = self.schedule(len(x))
-        lambdas = per_layer(self.weight_decay, len(self.hidden) + 1)
+        lambdas = per_layer(self.weight_decay, self.num_weight_layers())
         result = fit_classifier(module, x, y, lambdas, schedule,
                                 ctx.generator(self.name, "shuffle", self.params_id()),
                                 ctx.progress, f"{label}: training")
@@ -163,22 +194,31 @@ def _check_common(*, optimizer: str, epochs: int | None, lr: float | None,
 
 
 class PaperMNIST(TrainedClassifier):
-    """The paper's fully connected MNIST nets (FC10, FC100-100-10, AE400-10, ...), trained
+    """The paper's MNIST nets (FC10, FC100-100-10, AE400-10, a small conv net...), trained
     on first use and cached.
 
-    Parameters: ``hidden`` sigmoid layer widths (``[]`` is softmax regression);
+    Parameters: ``conv`` channels of 5x5 convolutions, each followed by a ReLU and 2x2
+    max-pooling (``[]``, the default: a fully connected net); ``hidden`` layer widths,
+    sigmoid (ReLU after convolutions; ``[]`` and no ``conv`` is softmax regression);
     ``autoencoder`` code units of a sparse sigmoid autoencoder trained first on the training
     images and frozen, the classifier then trained on its code; ``weight_decay`` one lambda
-    or one per weight layer of the classifier (penalty lambda/2 ||W||^2 on the mean
-    cross-entropy); ``train_split`` train, p1 or p2; ``limit`` the first N training images;
-    ``optimizer`` auto (L-BFGS when the classifier is convex, else Adam), adam or lbfgs;
-    ``epochs``, ``lr``, ``batch_size`` (None: calibrated defaults); ``ae_epochs``,
-    ``ae_sparsity``, ``ae_target``, ``ae_weight_decay`` for the autoencoder.
+    or one per weight layer of the classifier, convolutions first (penalty lambda/2 ||W||^2
+    on the mean cross-entropy); ``train_split`` train, p1 or p2; ``limit`` the first N
+    training images; ``optimizer`` auto (L-BFGS when the classifier is convex, else Adam),
+    adam or lbfgs; ``epochs``, ``lr``, ``batch_size`` (None: calibrated defaults, Adam
+    for conv nets); ``ae_epochs``, ``ae_sparsity``, ``ae_target``, ``ae_weight_decay`` for
+    the autoencoder.
     """
 
     name: ClassVar[str] = "paper-mnist"
 
-    def __init__(self, *, hidden: Sequence[int] = (), autoencoder: int | None = None,
+    #: parameters added after the first models were cached, with their defaults: left out
+    #: of :meth:`params` while at the default, so the cache keys and random streams (which
+    #: hash the parameters) of the models that do not use them stay what they were
+    LATER_PARAMS: ClassVar[dict[str, Any]] = {"conv": []}
+
+    def __init__(self, *, conv: Sequence[int] = (), hidden: Sequence[int] = (),
+                 autoencoder: int | None = None,
                  weight_decay: float | list[float] = 0.0,
                  train_split: Literal["train", "p1", "p2"] = "train",
                  limit: int | None = None,
@@ -186,10 +226,14 @@ class PaperMNIST(TrainedClassifier):
                  epochs: int | None = None, lr: float | None = None, batch_size: int = 256,
                  ae_epochs: int | None = None, ae_sparsity: float = 1.5,
                  ae_target: float = 0.1, ae_weight_decay: float = 6e-3):
+        self.conv = check_widths("conv", conv, "conv channel counts")
         self.hidden = check_hidden(hidden)
         check_positive_int("autoencoder", autoencoder, allow_none=True)
+        if self.conv and autoencoder is not None:
+            raise ParamError("conv", "conv and autoencoder do not combine",
+                             hint="a conv net trains end to end; drop one of them")
         self.autoencoder = autoencoder
-        self.weight_decay = check_weight_decay(weight_decay, len(self.hidden) + 1)
+        self.weight_decay = check_weight_decay(weight_decay, self.num_weight_layers())
         check_choice("train_split", train_split, ("train", "p1", "p2"))
         self.train_split = train_split
         check_positive_int("limit", limit, allow_none=True)
@@ -216,6 +260,27 @@ class PaperMNIST(TrainedClassifier):
             raise ParamError("ae_weight_decay", "ae_weight_decay must be one number")
         self.ae_weight_decay = float(ae_weight_decay)
 
+    def params(self) -> dict[str, Any]:
+        out = super().params()
+        for name, default in self.LATER_PARAMS.items():
+            if out.get(name) == default:
+                del out[name]
+        return out
+
+    def num_weight_layers(self) -> int:
+        return len(self.conv) + len(self.hidden) + 1
+
+    def convex(self) -> bool:
+        return not self.hidden and not self.conv
+
+    def schedule(self, num_examples: int) -> Schedule:
+        if not self.conv:
+            return super().schedule(num_examples)
+        return Schedule.resolve(self.optimizer, self.epochs, self.lr, self.batch_size,
+                                convex=False, num_examples=num_examples,
+                                default_epochs={"adam": CONV_EPOCHS},
+                                default_lr={"adam": CONV_LR}, min_steps=CONV_MIN_STEPS)
+
     def training_data(self, ctx: Context) -> Data:
         params: dict[str, Any] = {"split": self.train_split}
         if self.limit is not None:
@@ -239,9 +304,13 @@ class PaperMNIST(TrainedClassifier):
         widths = ([self.autoencoder] if self.autoencoder else []) + self.hidden
         prefix = "AE" if self.autoencoder else "FC"
         label = prefix + "-".join(str(w) for w in widths + [data.num_classes])
+        if self.conv:
+            label = "Conv" + "-".join(str(c) for c in self.conv) + "-" + label
         return label if self.train_split == "train" else f"{label}[{self.train_split}]"
 
     def build(self, data: Data, generator: torch.Generator) -> nn.Sequential:
+        if self.conv:
+            return self.build_conv(data, generator)
         features = math.prod(data.input_shape)
         layers: list[nn.Module] = [nn.Flatten()]
         if self.autoencoder:
@@ -250,6 +319,24 @@ class PaperMNIST(TrainedClassifier):
             layers += [make_linear(features, self.autoencoder, None), nn.Sigmoid()]
             features = self.autoencoder
         layers += mlp_layers(features, self.hidden, data.num_classes, "sigmoid", generator)
+        return nn.Sequential(*layers)
+
+    def build_conv(self, data: Data, generator: torch.Generator) -> nn.Sequential:
+        """Conv/ReLU/pool blocks, Flatten, the ReLU hidden layers, the output layer."""
+        if len(data.input_shape) != 3:
+            raise ModelError(f"a conv net needs images [C, H, W], not inputs of shape "
+                             f"{list(data.input_shape)}")
+        channels, height, width = data.input_shape
+        for _ in self.conv:
+            height, width = height // 2, width // 2
+        if height < 1 or width < 1:
+            raise ModelError(f"{len(self.conv)} conv layers (each halving the image) are too "
+                             f"many for {data.input_shape[1]}x{data.input_shape[2]} images",
+                             hint="use fewer conv layers")
+        layers = conv_layers(channels, self.conv, CONV_KERNEL, generator)
+        layers.append(nn.Flatten())
+        features = self.conv[-1] * height * width
+        layers += mlp_layers(features, self.hidden, data.num_classes, "relu", generator)
         return nn.Sequential(*layers)
 
     def fit(self, module: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ctx: Context,

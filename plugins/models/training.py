@@ -7,7 +7,7 @@ on every device), and no global random state is touched.
 The objective
 -------------
 A classifier is trained on the mean cross-entropy over the training set plus an L2 penalty
-on the weight matrices (biases are not penalized)::
+on the weight matrices and convolution kernels (biases are not penalized)::
 
     loss = mean_i CE(f(x_i), y_i) + sum_k (lambda_k / 2) * ||W_k||^2
 
@@ -34,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,13 +84,17 @@ def check_choice(param: str, value: Any, choices: Sequence[str]) -> None:
 
 def check_hidden(hidden: Any) -> list[int]:
     """``hidden`` as a list of positive layer widths."""
-    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
-        raise ParamError("hidden", f"hidden must be a list of layer widths, not {hidden!r}")
-    for width in hidden:
+    return check_widths("hidden", hidden, "hidden layer widths")
+
+
+def check_widths(param: str, value: Any, what: str) -> list[int]:
+    """``value`` (parameter ``param``) as a list of positive integers, ``what`` they are."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ParamError(param, f"{param} must be a list of layer widths, not {value!r}")
+    for width in value:
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ParamError("hidden", f"hidden layer widths must be positive integers, "
-                                       f"not {width!r}")
-    return [int(w) for w in hidden]
+            raise ParamError(param, f"{what} must be positive integers, not {width!r}")
+    return [int(w) for w in value]
 
 
 def check_weight_decay(weight_decay: Any, num_layers: int) -> float | list[float]:
@@ -154,12 +158,44 @@ def mlp_layers(in_features: int, hidden: Sequence[int], num_classes: int, activa
     return layers
 
 
+def init_conv_(layer: nn.Conv2d, generator: torch.Generator) -> None:
+    """He uniform weights (variance 2 / fan_in, for a ReLU after the layer) drawn from
+    ``generator``, zero biases."""
+    fan_in = layer.in_channels * math.prod(layer.kernel_size) // layer.groups
+    bound = math.sqrt(6.0 / fan_in)
+    with torch.no_grad():
+        layer.weight.copy_(torch.empty(layer.weight.shape).uniform_(-bound, bound,
+                                                                    generator=generator))
+        layer.bias.zero_()
+
+
+def conv_layers(in_channels: int, channels: Sequence[int], kernel_size: int,
+                generator: torch.Generator) -> list[nn.Module]:
+    """For each width in ``channels``: a ``kernel_size`` convolution padded to keep the
+    image size, a ReLU and a 2x2 max-pooling (which halves the size, rounding down)."""
+    layers: list[nn.Module] = []
+    width = in_channels
+    for c in channels:
+        conv = torch.nn.utils.skip_init(nn.Conv2d, width, c, kernel_size,
+                                        padding=kernel_size // 2)
+        init_conv_(conv, generator)
+        layers += [conv, nn.ReLU(), nn.MaxPool2d(2)]
+        width = c
+    return layers
+
+
 def linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
 
-def l2_penalty(layers: Sequence[nn.Linear], lambdas: Sequence[float]) -> torch.Tensor | float:
-    """``sum_k lambda_k / 2 * ||W_k||^2`` over the layers' weight matrices."""
+def weight_layers(module: nn.Module) -> list[nn.Linear | nn.Conv2d]:
+    """The layers with a weight penalty, in order: convolutions and linear layers."""
+    return [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def l2_penalty(layers: Sequence[nn.Linear | nn.Conv2d],
+               lambdas: Sequence[float]) -> torch.Tensor | float:
+    """``sum_k lambda_k / 2 * ||W_k||^2`` over the layers' weight matrices (or kernels)."""
     terms = [0.5 * lam * layer.weight.pow(2).sum() for layer, lam in zip(layers, lambdas) if lam]
     return sum(terms) if terms else 0.0
 
@@ -197,18 +233,23 @@ class Schedule:
 
     @classmethod
     def resolve(cls, optimizer: str, epochs: int | None, lr: float | None, batch_size: int,
-                *, convex: bool, num_examples: int) -> "Schedule":
-        """Fill in the calibrated defaults. ``auto`` is L-BFGS for a convex problem, Adam
-        otherwise; default Adam epochs rise on small data sets to at least
-        :data:`MIN_DEFAULT_STEPS` steps."""
+                *, convex: bool, num_examples: int,
+                default_epochs: Mapping[str, int] | None = None,
+                default_lr: Mapping[str, float] | None = None,
+                min_steps: int = MIN_DEFAULT_STEPS) -> "Schedule":
+        """Fill in the calibrated defaults (``default_epochs``/``default_lr`` per optimizer
+        override :data:`DEFAULT_EPOCHS`/:data:`DEFAULT_LR`, for models calibrated apart).
+        ``auto`` is L-BFGS for a convex problem, Adam otherwise; default Adam epochs rise
+        on small data sets to at least ``min_steps`` steps."""
         opt = optimizer if optimizer != "auto" else ("lbfgs" if convex else "adam")
         if epochs is None:
-            epochs = DEFAULT_EPOCHS[opt]
+            epochs = {**DEFAULT_EPOCHS, **(default_epochs or {})}[opt]
             if opt == "adam":
                 steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
-                epochs = max(epochs, math.ceil(MIN_DEFAULT_STEPS / steps_per_epoch))
-        return cls(opt, int(epochs), float(lr if lr is not None else DEFAULT_LR[opt]),
-                   int(batch_size))
+                epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
+        if lr is None:
+            lr = {**DEFAULT_LR, **(default_lr or {})}[opt]
+        return cls(opt, int(epochs), float(lr), int(batch_size))
 
 
 @dataclass
@@ -283,8 +324,8 @@ def fit_classifier(module: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    lambdas: Sequence[float], schedule: Schedule, generator: torch.Generator,
                    progress: Any, description: str) -> FitResult:
     """Train ``module`` (on the device of ``x``) on cross-entropy plus the L2 penalty of its
-    linear layers, ``lambdas`` one per layer in order."""
-    layers = linears(module)
+    convolutional and linear layers, ``lambdas`` one per layer in order."""
+    layers = weight_layers(module)
     if len(layers) != len(lambdas):
         raise ValueError(f"{len(lambdas)} weight-decay values for {len(layers)} layers")
     module.train()
