@@ -84,15 +84,15 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         metrics = [m.use for m in metric_specs(test)] or list(dict.fromkeys(sub["metric"]))
         params = list(dict.fromkeys(p for p in sub["param"].tolist()))
         with_param = any(params)
-        headers = ["model"] + (["setting"] if with_param else []) + metrics
-        rows = []
-        for mid in suite.test_models(test):
-            for param in (params or [""]):
-                vals = [lookup.get((test.name, mid, m, param)) for m in metrics]
-                if all(v is None for v in vals):
-                    continue
-                rows.append([mid] + ([param] if with_param else [])
-                            + [fmt(v, metric_format(m)) for m, v in zip(metrics, vals)])
+        keys = [(mid, param) for mid in suite.test_models(test) for param in (params or [""])
+                if any(lookup.get((test.name, mid, m, param)) is not None for m in metrics)]
+        parts = []  # rows that share no metric with the others get a table of their own
+        for group_metrics, group_keys in _metric_groups(test.name, keys, metrics, lookup):
+            rows = [[mid] + ([param] if with_param else [])
+                    + [fmt(lookup.get((test.name, mid, m, param)), metric_format(m))
+                       for m in group_metrics] for mid, param in group_keys]
+            parts.append((["model"] + (["setting"] if with_param else []) + group_metrics, rows))
+        headers, rows = parts[0] if parts else (["model"] + metrics, [])
         title = f"Test {test.name}"
         what = test.attack if test.attack is not None else test.analysis
         if what is not None:
@@ -107,6 +107,7 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         table = Table(title, headers, rows, notes)
         table.notes += _case_notes(cases, test.name, table)
         tables.append(table)
+        tables += [Table(f"{title} (continued)", h, r) for h, r in parts[1:]]
 
     models = summary.get("models") or []
     if models:
@@ -164,6 +165,24 @@ def gates_table(verdicts: list[dict[str, Any]]) -> Table:
     headers = ["test", "model", "metric", "required", "value"]
     headers += ["baseline"] if with_baseline else []
     return Table("Gates", headers + ["verdict", "why"], rows)
+
+
+def _metric_groups(test: str, keys: list[tuple[str, str]], metrics: list[str],
+                   lookup: dict) -> list[tuple[list[str], list[tuple[str, str]]]]:
+    """Split rows into groups that share no metric (per-row numbers versus a summary), each
+    with the metrics its rows have, in first-appearance order."""
+    groups: list[tuple[set[str], list[tuple[str, str]]]] = []
+    for key in keys:
+        have = {m for m in metrics if lookup.get((test, key[0], m, key[1])) is not None}
+        joined = [g for g in groups if g[0] & have]
+        merged_metrics, merged_keys = set(have), []
+        for g in joined:
+            merged_metrics |= g[0]
+            merged_keys += g[1]
+            groups.remove(g)
+        groups.append((merged_metrics, merged_keys + [key]))
+    groups.sort(key=lambda g: keys.index(g[1][0]))
+    return [([m for m in metrics if m in ms], sorted(ks, key=keys.index)) for ms, ks in groups]
 
 
 def _case_notes(cases: list[dict[str, Any]], test: str, table: Table) -> list[str]:
