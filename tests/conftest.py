@@ -17,6 +17,21 @@ if str(HERE) not in sys.path:  # tiny_models is imported by suites' `factory:` s
     sys.path.insert(0, str(HERE))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow (training on all of MNIST)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow run only with --run-slow (or when -m selects them)."""
+    if config.getoption("--run-slow") or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="trains on all of MNIST; run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """The tests' models and batches are small: one thread is as fast as two, and it keeps

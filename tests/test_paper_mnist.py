@@ -2,7 +2,7 @@
 
 Determinism from the seed, the weight cache (reuse, keys, corrupt files), parameter checks,
 and that the nets learn. The Table 1 calibration on all of MNIST is marked slow and runs only
-when asked for (``pytest -m slow``) and when the MNIST files are present.
+when asked for (``pytest --run-slow``) and when the MNIST files are present.
 """
 
 from __future__ import annotations
@@ -357,15 +357,9 @@ TABLE1 = {  # params, (max train error, min/max test error)
 }
 
 
-@pytest.fixture
-def slow_enabled(request):
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("trains on all of MNIST; run with -m slow")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(TABLE1))
-def test_table1_errors(slow_enabled, registry, mnist_dir, tmp_path, name):
+def test_table1_errors(registry, mnist_dir, tmp_path, name):
     params, max_train, (lo, hi) = TABLE1[name]
     ctx = make_ctx(registry, tmp_path, data_dir=mnist_dir)
     model = build(registry, "paper-mnist", **params).load(ctx)
@@ -469,7 +463,7 @@ def test_conv_net_on_a_subset(registry, mnist_dir, tmp_path, count_fits):
 
 
 @pytest.mark.slow
-def test_conv_net_errors(slow_enabled, registry, mnist_dir, tmp_path):
+def test_conv_net_errors(registry, mnist_dir, tmp_path):
     """The probe suite's conv net on all of MNIST: about 1% test error or better."""
     ctx = make_ctx(registry, tmp_path, data_dir=mnist_dir)
     model = build(registry, "paper-mnist", conv=[16, 32], hidden=[128]).load(ctx)
