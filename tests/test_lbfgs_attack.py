@@ -15,15 +15,6 @@ from harness_plugins.attacks.lbfgs import LBFGS
 N = 48  # test images attacked
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to other processes on the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model() -> Model:
     """A 64-32-10 sigmoid MLP, full-batch Adam on the digits' training split (~1 s)."""

@@ -14,15 +14,6 @@ scipy_optimize = pytest.importorskip("scipy.optimize")
 TIGHT = dict(gtol=1e-10, ftol=0.0, max_iter=1000)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to other processes on the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_quadratics(dims: list[int], seed: int = 0):
     """Strictly convex quadratics 0.5 x'Ax + b'x of the given dimensions, padded to the
     largest one with variables fixed at 0 (lo = hi = 0), and boxes that cut off part of

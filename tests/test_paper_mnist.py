@@ -23,17 +23,6 @@ from harness_plugins.models.paper_mnist import MLP, PaperMNIST
 FAST = {"hidden": [32], "epochs": 60}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These nets are tiny: one thread is as fast as two on an idle machine, and it keeps the
-    tests fast when other processes compete for the cores (OpenMP threads then wait on each
-    other at every operation)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def registry():
     return default_registry()
