@@ -90,9 +90,8 @@ def validate(suite: str) -> int:
     from .suite import load_suite
 
     s = load_suite(suite, default_registry())
-    n_cases = sum(len(s.test_models(t)) for t in s.tests)
     click.echo(f"{suite}: valid ({len(s.models)} model(s), {len(s.tests)} test(s), "
-               f"{n_cases} case(s), {len(s.gates)} gate(s))")
+               f"{len(s.cases())} case(s), {len(s.gates)} gate(s))")
     return 0
 
 

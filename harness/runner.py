@@ -20,13 +20,11 @@ from .errors import DataError, HarnessError, ModelError
 from .metric import Evaluation
 from .model import Model
 from .registry import Registry
-from .suite import (Loc, Suite, TestConfig, baseline_label, check_plugins, metric_specs,
+from .suite import (BASELINE, Loc, Suite, TestConfig, baseline_label, check_plugins, metric_specs,
                     transfer_label)
 
 EventHandler = Callable[[str, dict[str, Any]], None]
 
-#: the model id of a transfer test's baseline case
-BASELINE = "(baseline)"
 
 
 @dataclass
@@ -129,22 +127,12 @@ class Runner:
                            registry=registry)
         self._models: dict[str, Model | None] = {}
 
-    def cases(self) -> list[tuple[int, TestConfig, str]]:
-        """(test index, test, model id) per case; a transfer test has one case per source
-        model and, with a baseline, one more (model :data:`BASELINE`)."""
-        plan = []
-        for i, t in enumerate(self.suite.tests):
-            plan += [(i, t, mid) for mid in self.suite.test_models(t)]
-            if t.transfer is not None and t.baseline is not None:
-                plan.append((i, t, BASELINE))
-        return plan
-
     def run(self, checkpoint: Callable[[RunResult], None] | None = None) -> RunResult:
         """Run all cases; ``checkpoint(result)`` is called after each one (to save it)."""
         emit = self.options.on_event
         result = RunResult(self.suite, self.seed, str(self.device), _now())
         t_start = time.perf_counter()
-        plan = self.cases()
+        plan = self.suite.cases()
         emit("start", {"cases": len(plan), "device": str(self.device), "seed": self.seed})
         try:
             for n, (i, test, mid) in enumerate(plan, 1):

@@ -16,6 +16,9 @@ from .errors import ParamError, PluginError, SuiteError
 
 Loc = tuple[Any, ...]
 
+#: the model id of a transfer test's baseline case
+BASELINE = "(baseline)"
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -314,6 +317,16 @@ class Suite(_Strict):
 
     def test_models(self, test: TestConfig) -> list[str]:
         return list(test.models) if test.models is not None else list(self.models)
+
+    def cases(self) -> list[tuple[int, TestConfig, str]]:
+        """(test index, test, model id) per case; a transfer test has one case per source
+        model and, with a baseline, one more (model :data:`BASELINE`)."""
+        plan = []
+        for i, t in enumerate(self.tests):
+            plan += [(i, t, mid) for mid in self.test_models(t)]
+            if t.transfer is not None and t.baseline is not None:
+                plan.append((i, t, BASELINE))
+        return plan
 
 
 DEFAULT_METRICS_ATTACK = ["clean_error", "adv_error", "success_rate", "mean_distortion", "seconds"]

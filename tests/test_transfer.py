@@ -171,3 +171,11 @@ def test_validation(write_suite, registry, old, new, words):
     assert old in SUITE
     with pytest.raises(SuiteError, match=words):
         load_suite(write_suite(SUITE.replace(old, new)), registry)
+
+
+def test_cases_plan(write_suite, registry):
+    """One case per source model, plus one for the baseline (what `harness validate` counts)."""
+    suite = load_suite(write_suite(SUITE), registry)
+    assert [mid for _, _, mid in suite.cases()] == ["near", "mlp", "(baseline)"]
+    no_baseline = SUITE.replace("    baseline: {use: gaussian-noise, stddev: [0.1, 0.3], clip: false}\n", "")
+    assert [mid for _, _, mid in load_suite(write_suite(no_baseline), registry).cases()] == ["near", "mlp"]
