@@ -94,7 +94,7 @@ def choose_targets(mode: str | int, y: torch.Tensor, logits: torch.Tensor | None
     if mode == "next":
         return (y + 1) % num_classes
     if mode == "random":
-        shift = torch.randint(1, num_classes, (len(y),), generator=generator)
+        shift = torch.randint(1, num_classes, (len(y),), generator=generator, device="cpu")
         return (y + shift.to(y.device)) % num_classes
     if mode == "least-likely":
         if logits is None:

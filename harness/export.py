@@ -213,7 +213,7 @@ def export_suite_model(suite_path: str | Path, model_id: str, out: Path, *,
     model = plugin.load(ctx)
     model.name = model_id
     gen = ctx.generator("export", model_id)
-    parts = [torch.rand(check_size, *model.input_shape, generator=gen)]
+    parts = [torch.rand(check_size, *model.input_shape, generator=gen, device="cpu")]
     check = f"{check_size} random inputs"
     if suite.data is not None:
         try:

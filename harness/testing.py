@@ -10,8 +10,9 @@ call the ``check_*`` functions, which assert the contracts the harness relies on
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -55,16 +56,40 @@ def tiny_model(device: str | torch.device = "cpu") -> Model:
                  name="tiny")
 
 
+@contextmanager
+def strict_device(what: str = "the code") -> Iterator[None]:
+    """Inside, PyTorch's default device is ``meta``: a tensor created without ``device=``
+    (one that would sit on the CPU while the model is on CUDA) holds no data, so the first
+    computation that mixes it with real tensors, or reads it, fails. This finds device
+    mistakes on a machine without a GPU; the failure is an AssertionError naming ``what``.
+
+    Draw seeded randomness from a CPU generator with ``device="cpu"`` and move it to the
+    model's device; make every other tensor with ``device=`` (or ``*_like``)."""
+    try:
+        with torch.device("meta"):
+            yield
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+        if "meta" not in str(exc):
+            raise
+        raise AssertionError(f"{what} made a tensor without saying on which device (it would "
+                             f"be on the CPU while the model is on CUDA): {exc}") from exc
+
+
 def check_attack(attack: Attack, model: Model | None = None, data: Data | None = None,
-                 ctx: Context | None = None) -> AttackResult:
+                 ctx: Context | None = None, strict: bool = True) -> AttackResult:
     """Run ``attack`` through the harness and assert what the harness relies on: shapes,
     device, the [0, 1] box, a bool success mask consistent with the model's predictions,
-    per-image costs, and the same result twice with the same seed. Returns the result."""
+    per-image costs, and the same result twice with the same seed. With ``strict``, the first
+    run is under :func:`strict_device`. Returns the result."""
     model = model or tiny_model()
     data = data or tiny_data(64)
     ctx = ctx or Context(device=model.device, seed=0)
     x, y = data.x.to(model.device), data.y.to(model.device)
-    res = attack(model, x, y, ctx)
+    if strict:
+        with strict_device(repr(attack)):
+            res = attack(model, x, y, ctx)
+    else:
+        res = attack(model, x, y, ctx)
     assert res.x_adv.shape == x.shape, "x_adv has the wrong shape"
     assert res.x_adv.device == x.device, "x_adv left the model's device"
     assert res.x_adv.min() >= -BOX_TOL and res.x_adv.max() <= 1 + BOX_TOL, "x_adv left [0, 1]"
@@ -82,8 +107,9 @@ def check_attack(attack: Attack, model: Model | None = None, data: Data | None =
 
 def check_metric(metric: Metric, attack: Attack | None = None, model: Model | None = None,
                  data: Data | None = None) -> float | None:
-    """Compute ``metric`` on a real evaluation (with ``attack`` when given, else clean) and
-    assert it returns a finite number or None. Returns the value."""
+    """Compute ``metric`` (under :func:`strict_device`) on a real evaluation (with ``attack``
+    when given, else clean) and assert it returns a finite number or None. Returns the
+    value."""
     model = model or tiny_model()
     data = data or tiny_data(64)
     x, y = data.x.to(model.device), data.y.to(model.device)
@@ -92,7 +118,8 @@ def check_metric(metric: Metric, attack: Attack | None = None, model: Model | No
     if attack is not None:
         res = attack(model, x, y, Context(device=model.device))
         ev = Evaluation(model, x, y, clean, res, model.logits(res.x_adv).argmax(1))
-    value = metric.compute(ev)
+    with strict_device(repr(metric)):
+        value = metric.compute(ev)
     if value is not None:
         assert isinstance(value, float) and value == value, f"{metric!r} gave {value!r}"
     elif attack is None:

@@ -201,12 +201,13 @@ class UnitProbe(Analysis):
             raise ParamError("units", f"units={self.units} asks for more units than layer "
                                       f"{self.layer!r} has live ones ({n_live} of {width} vary "
                                       f"over the data)", hint="ask for fewer units")
-        order = torch.randperm(n_live, generator=ctx.generator("unit-probe", "units", self.layer))
+        order = torch.randperm(n_live, device="cpu",
+                               generator=ctx.generator("unit-probe", "units", self.layer))
         return sorted(live_idx[order[:self.units]].tolist()), [], n_live
 
     def random_directions(self, width: int, ctx: Context, device: torch.device) -> torch.Tensor:
         """``[directions, width]`` unit vectors, uniform on the sphere (drawn on the CPU)."""
-        v = torch.randn(self.directions, width,
+        v = torch.randn(self.directions, width, device="cpu",
                         generator=ctx.generator("unit-probe", "directions", self.layer))
         return F.normalize(v, dim=1).to(device)
 
@@ -229,7 +230,7 @@ class UnitProbe(Analysis):
         idx = top_index[:k].T.contiguous()  # [rows, k]: each row's top-k images, best first
 
         chance_idx = torch.multinomial(
-            torch.ones(CHANCE_SETS, n), k, replacement=False,
+            torch.ones(CHANCE_SETS, n, device="cpu"), k, replacement=False,
             generator=ctx.generator("unit-probe", "chance", self.layer)).to(device)
         # phi again, for the few images the numbers need
         needed = torch.unique(torch.cat([idx.flatten(), chance_idx.flatten()]))
@@ -376,7 +377,8 @@ def _mosaic(images: torch.Tensor, pad: int = 2, background: float = 0.55) -> tor
     """``images`` ``[rows, k, C, H, W]`` in [0, 1] -> one ``[rows*(H+pad)-pad,
     k*(W+pad)-pad, C]`` array, images separated by ``pad`` pixels of ``background``."""
     rows, k, c, h, w = images.shape
-    out = torch.full((rows * (h + pad) - pad, k * (w + pad) - pad, c), background)
+    out = torch.full((rows * (h + pad) - pad, k * (w + pad) - pad, c), background,
+                     dtype=images.dtype, device=images.device)
     for r in range(rows):
         for j in range(k):
             out[r * (h + pad):r * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = \

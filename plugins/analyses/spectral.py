@@ -138,7 +138,7 @@ def _lanczos_top(g: torch.Tensor, steps: int, seed: int) -> float:
     n = g.shape[0]
     steps = min(steps, n)
     gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(n, generator=gen, dtype=torch.float64).to(g)
+    q = torch.randn(n, generator=gen, dtype=torch.float64, device="cpu").to(g)
     q /= q.norm()
     basis = torch.zeros(steps, n, dtype=g.dtype, device=g.device)
     alphas: list[float] = []
@@ -154,9 +154,9 @@ def _lanczos_top(g: torch.Tensor, steps: int, seed: int) -> float:
             v -= basis[:j + 1].T @ (basis[:j + 1] @ v)
         beta = float(v.norm())
         if j % 10 == 9 or j == steps - 1 or beta <= 1e-12 * max(abs(alpha), 1e-300):
-            t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+            t = torch.diag(torch.tensor(alphas, dtype=torch.float64, device="cpu"))
             if betas:
-                off = torch.tensor(betas, dtype=torch.float64)
+                off = torch.tensor(betas, dtype=torch.float64, device="cpu")
                 t += torch.diag(off, 1) + torch.diag(off, -1)
             theta = float(torch.linalg.eigvalsh(t)[-1])
             if beta <= 1e-12 * max(abs(theta), 1e-300) or abs(theta - theta_old) <= 1e-13 * abs(theta):
@@ -253,7 +253,7 @@ def top_eigenvalue_bound(gram: torch.Tensor, *, floor: float = 0.0, iters: int =
     b, n, _ = gram.shape
     real = torch.float64 if gram.dtype in (torch.float64, torch.complex128) else torch.float32
     gen = torch.Generator().manual_seed(0)
-    v = torch.randn(b, n, 1, generator=gen, dtype=real).to(gram)
+    v = torch.randn(b, n, 1, generator=gen, dtype=real, device="cpu").to(gram)
     tiny = torch.finfo(real).tiny
     for _ in range(iters):
         v = gram @ v
@@ -278,7 +278,7 @@ def top_eigenvalue_bound(gram: torch.Tensor, *, floor: float = 0.0, iters: int =
 def _copies(size: int, pad: tuple[int, int], mode: str) -> int:
     """The largest number of times one input index appears after padding one axis of
     ``size`` by ``pad`` in ``mode`` (reflect, replicate, circular)."""
-    index = torch.arange(size, dtype=torch.float64).view(1, 1, size)
+    index = torch.arange(size, dtype=torch.float64, device="cpu").view(1, 1, size)
     padded = F.pad(index, pad, mode=mode).round().long().flatten()
     return int(torch.bincount(padded, minlength=size).max())
 
@@ -401,7 +401,7 @@ def _avg_axis_matrix(size: int, out: int, layer: nn.Module, axis: int, nd: int,
     each 2-d window by the product of its per-axis extents (or by ``divisor_override``), so
     the 2-d operator is the Kronecker product of the axes' matrices; this runs the pooling
     with the layer's settings on that axis only, over the identity."""
-    eye = torch.eye(size, dtype=dtype)
+    eye = torch.eye(size, dtype=dtype, device="cpu")
     if isinstance(layer, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
         res = F.adaptive_avg_pool1d(eye.view(size, 1, size), out)
         return res.view(size, out).T

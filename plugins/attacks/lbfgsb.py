@@ -116,7 +116,8 @@ class BoxLBFGS:
         dev, dt = x0.device, x0.dtype
         self._lo_all = _bound(lo, x0)
         self._hi_all = _bound(hi, x0)
-        if bool(torch.as_tensor(self._lo_all > self._hi_all).any()):
+        crossed = self._lo_all > self._hi_all
+        if bool(crossed.any()) if isinstance(crossed, Tensor) else crossed:
             raise ValueError("some lower bound is above its upper bound")
         self.curv_eps = float(torch.finfo(dt).eps)
         self._slots = torch.arange(self.m, device=dev)

@@ -40,7 +40,7 @@ class GaussianNoise(Attack):
         if isinstance(self.stddev, list):
             raise ValueError("run one stddev at a time (see Attack.variants)")
         gen = ctx.generator(self.name or "gaussian-noise", float(self.stddev), tuple(x.shape))
-        noise = torch.randn(x.shape, generator=gen).to(x.device)
+        noise = torch.randn(x.shape, generator=gen, device="cpu").to(x.device)
         x_adv = x + self.stddev * noise
         if self.clip:
             x_adv = x_adv.clamp_(0.0, 1.0)

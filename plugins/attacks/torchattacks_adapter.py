@@ -104,7 +104,7 @@ class TorchAttacks(Attack):
                 atk.set_mode_targeted_by_function(lambda inputs, labels: target)
         # torchattacks draws from torch's global generator (random starts): seed it from the
         # run's seed inside a fork, so results repeat and the caller's state is untouched
-        seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator(
+        seed = int(torch.randint(0, 2**62, (1,), device="cpu", generator=ctx.generator(
             self.name or "torchattacks", self.attack, "rng", y.tolist())))
         devices = [model.device] if model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):

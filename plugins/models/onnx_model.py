@@ -323,8 +323,9 @@ class GradientEstimator:
 def _rademacher(shape: tuple[int, int, int], gen: torch.Generator) -> torch.Tensor:
     """Independent +-1 values (float32) from ``gen``: eight per random byte."""
     n, m, features = shape
-    raw = torch.randint(0, 256, (n, m, (features + 7) // 8), generator=gen, dtype=torch.uint8)
-    bits = (raw[..., None] >> torch.arange(8, dtype=torch.uint8)) & 1
+    raw = torch.randint(0, 256, (n, m, (features + 7) // 8), generator=gen, dtype=torch.uint8,
+                        device="cpu")
+    bits = (raw[..., None] >> torch.arange(8, dtype=torch.uint8, device=raw.device)) & 1
     return bits.flatten(2)[..., :features].float().mul_(2).sub_(1)
 
 
@@ -579,9 +580,10 @@ class OnnxModel(ModelPlugin):
         """(max |logit difference|, allowed difference, inputs checked) between the module
         and onnxruntime, on random inputs in [0, 1] and a black, a white and a grey image."""
         gen = ctx.generator("onnx", "verify", self.path)
-        x = torch.cat([torch.rand(CHECK_RANDOM, *input_shape, generator=gen),
-                       torch.zeros(1, *input_shape), torch.ones(1, *input_shape),
-                       torch.full((1, *input_shape), 0.5)]).to(device)
+        x = torch.cat([torch.rand(CHECK_RANDOM, *input_shape, generator=gen, device="cpu"),
+                       torch.zeros(1, *input_shape, device="cpu"),
+                       torch.ones(1, *input_shape, device="cpu"),
+                       torch.full((1, *input_shape), 0.5, device="cpu")]).to(device)
         ref = logits(x)
         try:
             with torch.no_grad():

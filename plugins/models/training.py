@@ -127,7 +127,7 @@ def init_linear_(layer: nn.Linear, generator: torch.Generator) -> None:
     """LeCun uniform weights (variance 1 / fan_in) drawn from ``generator``, zero biases."""
     bound = math.sqrt(3.0 / layer.in_features)
     with torch.no_grad():
-        layer.weight.copy_(torch.empty(layer.weight.shape).uniform_(-bound, bound,
+        layer.weight.copy_(torch.empty(layer.weight.shape, device="cpu").uniform_(-bound, bound,
                                                                     generator=generator))
         layer.bias.zero_()
 
@@ -164,7 +164,7 @@ def init_conv_(layer: nn.Conv2d, generator: torch.Generator) -> None:
     fan_in = layer.in_channels * math.prod(layer.kernel_size) // layer.groups
     bound = math.sqrt(6.0 / fan_in)
     with torch.no_grad():
-        layer.weight.copy_(torch.empty(layer.weight.shape).uniform_(-bound, bound,
+        layer.weight.copy_(torch.empty(layer.weight.shape, device="cpu").uniform_(-bound, bound,
                                                                     generator=generator))
         layer.bias.zero_()
 
@@ -301,7 +301,7 @@ def minimize(params: Sequence[torch.nn.Parameter],
         final = float("nan")
         with progress(description, schedule.epochs, "epoch") as bar:
             for _ in range(schedule.epochs):
-                order = torch.randperm(num_examples, generator=generator).to(device)
+                order = torch.randperm(num_examples, generator=generator, device="cpu").to(device)
                 running = torch.zeros((), device=device)
                 for i in range(0, num_examples, schedule.batch_size):
                     lr = 0.5 * schedule.lr * (1 + math.cos(math.pi * step / total_steps))
