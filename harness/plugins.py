@@ -4,6 +4,7 @@ group ``harness``; any of them can be blocked by name."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pluggy
 
@@ -29,8 +30,14 @@ def make_plugin_manager(*, entry_points: bool = True, blocked: list[str] | None 
         try:
             pm.load_setuptools_entrypoints(GROUP)
         except Exception as exc:  # a plugin package that fails to import
-            raise PluginError(f"a plugin package failed to load: {type(exc).__name__}: {exc}",
-                              hint=f"fix or uninstall it, or block it with {BLOCK_ENV}=<name>")
+            ep = _failing_entry_point(pm)
+            who = (f"plugin package {ep.name!r} ({ep.value}, from "
+                   f"{ep.dist.name if ep.dist else 'an unknown distribution'})"
+                   if ep is not None else "a plugin package")
+            raise PluginError(f"{who} failed to load: {type(exc).__name__}: {exc}",
+                              hint=f"fix or uninstall it, or block it with "
+                                   f"{BLOCK_ENV}={ep.name if ep is not None else '<name>'}"
+                              ) from None
     for obj in extra or []:
         pm.register(obj)
     try:
@@ -38,6 +45,20 @@ def make_plugin_manager(*, entry_points: bool = True, blocked: list[str] | None 
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from None
     return pm
+
+
+def _failing_entry_point(pm: pluggy.PluginManager) -> Any:
+    """The first entry point of the group that is neither blocked nor loadable."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=GROUP):
+        if pm.is_blocked(ep.name):
+            continue
+        try:
+            ep.load()
+        except Exception:
+            return ep
+    return None
 
 
 def default_registry():

@@ -104,6 +104,27 @@ def test_blocking_by_environment(monkeypatch):
     assert "digits" in reg.names("dataset")
 
 
+def test_a_package_that_fails_to_import_is_named(tmp_path, monkeypatch, capsys):
+    """An installed plugin package whose module raises on import: one line naming the entry
+    point and its distribution, exit code 2, and blocking it by that name works."""
+    (tmp_path / "broken_plugins.py").write_text("raise ImportError('needs libfoo 2')\n")
+    info = tmp_path / "broken_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[harness]\nbroken = broken_plugins\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=r"plugin package 'broken' \(broken_plugins, from "
+                                          r"broken-plugins\) failed to load: ImportError: needs libfoo 2"):
+        _registry()
+    from harness.cli import main
+
+    assert main(["plugins"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "HARNESS_BLOCK_PLUGINS=broken" in err[0]
+    monkeypatch.setenv("HARNESS_BLOCK_PLUGINS", "broken")
+    assert "lbfgs" in _registry().names("attack")
+
+
 def test_metric_base_contract():
     reg = _registry()
     for entry in reg.entries("metric"):
