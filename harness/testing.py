@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from .analysis import Analysis, AnalysisResult
 from .attack import BOX_TOL, Attack, AttackResult
 from .context import Context
 from .data import Data
@@ -125,6 +126,38 @@ def check_metric(metric: Metric, attack: Attack | None = None, model: Model | No
     elif attack is None:
         assert metric.needs_attack, f"{metric!r} returned None on a clean evaluation"
     return value
+
+
+def check_analysis(analysis: Analysis, model: Model | None = None, data: Data | None = None,
+                   ctx: Context | None = None) -> AnalysisResult:
+    """Run ``analysis`` as the harness does (data only when it ``needs_data``), under
+    :func:`strict_device`, and assert what the harness relies on: records with a metric name,
+    a setting and a finite value, figures as ``.png`` names with PNG bytes, notes as text, and
+    the same numbers twice with the same seed. Returns the result."""
+    model = model or tiny_model()
+    if analysis.needs_module:
+        assert model.module is not None, f"{analysis!r} needs a torch module; give such a model"
+    data = (data or tiny_data(64)) if analysis.needs_data else None
+    ctx = ctx or Context(device=model.device, seed=0)
+    with strict_device(repr(analysis)):
+        res = analysis.run(model, data, ctx)
+    assert isinstance(res, AnalysisResult), f"{analysis!r} returned {type(res).__name__}"
+    assert res.records or res.figures, f"{analysis!r} measured nothing"
+    for rec in res.records:
+        assert isinstance(rec.get("metric"), str) and rec["metric"], f"record without a metric: {rec}"
+        assert isinstance(rec.get("param"), str), f"record whose param is not text: {rec}"
+        value = rec.get("value")
+        assert isinstance(value, float) and value == value and abs(value) != float("inf"), \
+            f"record with a value that is not a finite float: {rec}"
+    keys = [(r["metric"], r["param"]) for r in res.records]
+    assert len(keys) == len(set(keys)), "two records share a metric and a param"
+    for name, png in res.figures.items():
+        assert name.endswith(".png") and "/" not in name, f"figure name {name!r} is not a .png file name"
+        assert png[:8] == b"\x89PNG\r\n\x1a\n", f"figure {name!r} is not PNG bytes"
+    assert all(isinstance(n, str) for n in res.notes), "notes must be text"
+    again = analysis.run(model, data, Context(device=model.device, seed=ctx.seed))
+    assert again.records == res.records, "the same seed gave different numbers"
+    return res
 
 
 def run_suite_text(text: str, folder: Path, registry: Registry | None = None,

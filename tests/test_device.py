@@ -12,7 +12,7 @@ from torch import nn
 from harness import Context, Model
 from harness.export import export_model
 from harness.metric import Evaluation
-from harness.testing import check_attack, make_registry, strict_device, tiny_data, tiny_model
+from harness.testing import check_analysis, check_attack, make_registry, strict_device, tiny_data, tiny_model
 from harness.transfer import amplify, distortion_of
 
 
@@ -95,12 +95,12 @@ def test_metrics_and_transfer(registry, model, data):
 
 
 def test_analyses(registry, conv, data):
-    ctx = Context(seed=0)
-    with strict_device("the built-in analyses"):
-        bounds = registry.build("analysis", "spectral-bounds", {}).run(conv, None, ctx)
-        probes = registry.build("analysis", "unit-probe",
-                                {"layer": "1", "units": 3, "directions": 3, "top": 3}).run(conv, data, ctx)
-    assert bounds.records and probes.records and probes.figures
+    """Both built-in analyses keep the analysis contract (strictly on the device, too)."""
+    bounds = check_analysis(registry.build("analysis", "spectral-bounds", {}), conv)
+    probes = check_analysis(registry.build("analysis", "unit-probe",
+                                           {"layer": "1", "units": 3, "directions": 3, "top": 3}),
+                            conv, data)
+    assert bounds.notes and probes.figures
 
 
 @pytest.mark.parametrize("gradients", ["convert", "finite-differences", "spsa"])

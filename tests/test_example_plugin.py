@@ -23,6 +23,8 @@ tests:
   - name: fgsm
     attack: {use: fgsm, eps: 0.2}
     metrics: [clean_error, adv_error, adv_confidence]
+  - name: gradients
+    analysis: {use: input-gradient}
 """
 
 
@@ -37,9 +39,11 @@ def registry():
 
 
 def test_discovered_with_its_distribution(registry):
-    entry = registry.get("attack", "fgsm")
-    assert entry.distribution == "harness-example-plugin 0.1.0" and entry.plugin == "example"
-    assert registry.get("metric", "adv_confidence").distribution == entry.distribution
+    """One plugin of each kind, all from the installed distribution."""
+    for kind, name in [("dataset", "stripes"), ("model", "nearest-mean"), ("attack", "fgsm"),
+                       ("metric", "adv_confidence"), ("analysis", "input-gradient")]:
+        entry = registry.get(kind, name)
+        assert entry.distribution == "harness-example-plugin 0.1.0" and entry.plugin == "example"
 
 
 def test_usable_in_a_suite(registry, write_suite, tmp_path, capsys):
@@ -50,6 +54,10 @@ def test_usable_in_a_suite(registry, write_suite, tmp_path, capsys):
             for r in csv.DictReader((tmp_path / "r" / "results.csv").open())}
     assert rows["adv_error"] > rows["clean_error"]  # the attack does something
     assert 0.1 <= rows["adv_confidence"] <= 1.0
+    assert 0 < rows["grad_norm_median"] <= rows["grad_norm_max"]
+    figures = list((tmp_path / "r").rglob("input-gradient-l2.png"))
+    assert len(figures) == 1
+    assert figures[0].relative_to(tmp_path / "r").as_posix() in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_blocked_by_environment(registry, monkeypatch):

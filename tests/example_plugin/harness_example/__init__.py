@@ -4,7 +4,9 @@ group ``harness`` (see pyproject.toml):
 - dataset ``stripes``: synthetic images of horizontal or vertical stripes (2 classes);
 - model ``nearest-mean``: a nearest-class-mean classifier fitted on any dataset plugin;
 - attack ``fgsm``: the fast gradient sign method;
-- metric ``adv_confidence``: the model's confidence on the attacked inputs.
+- metric ``adv_confidence``: the model's confidence on the attacked inputs;
+- analysis ``input-gradient``: how steeply the loss rises around each input (the norm of its
+  gradient), as numbers and a histogram.
 
 Install it with ``pip install ./tests/example_plugin``; ``harness plugins`` then lists them
 and any suite can use them by name.
@@ -12,14 +14,16 @@ and any suite can use them by name.
 
 from __future__ import annotations
 
-from typing import Any
+import io
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import (Attack, AttackResult, Context, Data, DatasetPlugin, Evaluation, Metric,
-                     Model, ModelPlugin, ParamError, hookimpl)
+from harness import (Analysis, AnalysisResult, Attack, AttackResult, Context, Data,
+                     DatasetPlugin, Evaluation, Metric, Model, ModelError, ModelPlugin,
+                     ParamError, hookimpl)
 
 
 class Stripes(DatasetPlugin):
@@ -109,6 +113,62 @@ class AdvConfidence(Metric):
         return float(probs.max(1).values.mean())
 
 
+class InputGradient(Analysis):
+    """The norm of the gradient of the cross-entropy loss with respect to each input image:
+    to first order, a perturbation of norm r raises the loss by at most r times it. Records
+    its mean, median and largest value over the data, and a histogram."""
+
+    needs_data = True
+
+    def __init__(self, *, norm: Literal["l2", "linf"] = "l2", batch_size: int = 256):
+        if batch_size < 1:
+            raise ParamError("batch_size", "batch_size must be at least 1")
+        self.norm = norm
+        self.batch_size = batch_size
+
+    def run(self, model: Model, data: Data | None, ctx: Context) -> AnalysisResult:
+        if not model.differentiable:
+            raise ModelError(f"analysis 'input-gradient' needs gradients, and model "
+                             f"{model.name!r} gives none")
+        # the gradient of a norm is measured with its dual: l1 for linf, l2 for l2
+        dual = 2.0 if self.norm == "l2" else 1.0
+        norms = []
+        for i in range(0, len(data.x), self.batch_size):
+            x = data.x[i:i + self.batch_size].to(model.device).requires_grad_(True)
+            y = data.y[i:i + self.batch_size].to(model.device)
+            loss = F.cross_entropy(model(x), y, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+            norms.append(grad.flatten(1).norm(p=dual, dim=1).detach())
+        values = torch.cat(norms).cpu()
+        res = AnalysisResult()
+        param = f"norm={self.norm}"
+        res.add("grad_norm_mean", float(values.mean()), param)
+        res.add("grad_norm_median", float(values.median()), param)
+        res.add("grad_norm_max", float(values.max()), param)
+        res.figures[f"input-gradient-{self.norm}.png"] = _histogram(values, self.norm)
+        res.notes.append(f"input-gradient: the {'l2' if dual == 2 else 'l1'} norm of the loss "
+                         f"gradient per image (dual to {self.norm} perturbations), over "
+                         f"{len(values)} images")
+        return res
+
+
+def _histogram(values: torch.Tensor, norm: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+    ax.hist(values.numpy(), bins=30)
+    ax.set_xlabel(f"loss gradient norm (dual of {norm})")
+    ax.set_ylabel("images")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 @hookimpl
 def register_datasets(register):
     register("stripes", Stripes)
@@ -127,3 +187,8 @@ def register_attacks(register):
 @hookimpl
 def register_metrics(register):
     register("adv_confidence", AdvConfidence)
+
+
+@hookimpl
+def register_analyses(register):
+    register("input-gradient", InputGradient)

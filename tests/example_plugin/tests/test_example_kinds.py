@@ -4,7 +4,7 @@ import pytest
 
 import harness_example
 from harness import ParamError
-from harness.testing import check_attack, check_metric, make_registry
+from harness.testing import check_analysis, check_attack, check_metric, make_registry
 
 SUITE = """\
 name: stripes
@@ -15,6 +15,8 @@ tests:
   - name: fgsm
     attack: {use: fgsm, eps: [0.05, 0.5]}
     metrics: [clean_error, adv_error, adv_confidence]
+  - name: gradients
+    analysis: {use: input-gradient, norm: linf}
 """
 
 
@@ -27,6 +29,13 @@ def test_attack_contract(tiny_model):
 def test_metric_contract():
     value = check_metric(harness_example.AdvConfidence(), harness_example.FGSM(eps=0.2))
     assert 0.1 <= value <= 1.0
+
+
+def test_analysis_contract(tiny_model):
+    res = check_analysis(harness_example.InputGradient(), tiny_model)
+    values = {r["metric"]: r["value"] for r in res.records}
+    assert 0 < values["grad_norm_median"] <= values["grad_norm_max"]
+    assert list(res.figures) == ["input-gradient-l2.png"]
 
 
 def test_parameters_are_checked():
@@ -45,3 +54,5 @@ def test_all_kinds_in_a_suite(run_suite):
     values = results.set_index(["param", "metric"])["value"]
     assert values[("eps=0.05", "clean_error")] < 0.05     # stripes are easy
     assert values[("eps=0.5", "adv_error")] > values[("eps=0.05", "adv_error")]
+    grads = results[results.test == "gradients"].set_index("metric")["value"]
+    assert 0 < grads["grad_norm_mean"] <= grads["grad_norm_max"]
