@@ -44,6 +44,8 @@ def _event_printer(quiet: bool):
 
         if kind == "start":
             line = f"running {info['cases']} case(s) on {info['device']}, seed {info['seed']}"
+            if info.get("resumed"):
+                line += f" ({info['resumed']} finished earlier, taken over)"
         elif kind == "model_start":
             line = f"  model {info['model']}: loading"
         elif kind == "model_end":
@@ -51,8 +53,8 @@ def _event_printer(quiet: bool):
             line = f"  model {info['model']}: {status} ({info['seconds']:.1f} s)"
         elif kind == "case_end":
             status = "ok" if info["status"] == "ok" else f"ERROR: {info['error']}"
-            line = (f"[{info['n']}/{info['of']}] {info['test']} x {info['model']}: {status} "
-                    f"({info['seconds']:.1f} s)")
+            when = "earlier run" if info.get("resumed") else f"{info['seconds']:.1f} s"
+            line = f"[{info['n']}/{info['of']}] {info['test']} x {info['model']}: {status} ({when})"
         else:
             return
         tqdm.write(line, file=sys.stderr)
@@ -112,6 +114,9 @@ def validate(suite: str) -> int:
 @click.option("--reuse", type=click.Path(path_type=Path),
               help="An earlier run folder: reuse its saved adversarial examples where they were "
                    "made the same way (transfer tests).")
+@click.option("--resume", type=click.Path(path_type=Path),
+              help="A run folder of this suite that was interrupted or had failing cases: "
+                   "finish it there, running only the cases it did not finish.")
 @click.option("--junit", type=click.Path(path_type=Path),
               help="Also write JUnit XML here (one testcase per case and per gate).")
 @click.option("--threads", type=click.IntRange(min=1),
@@ -119,8 +124,8 @@ def validate(suite: str) -> int:
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; tables only.")
 def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
-        baseline: Path | None, reuse: Path | None, junit: Path | None, threads: int | None,
-        quiet: bool) -> int:
+        baseline: Path | None, reuse: Path | None, resume: Path | None, junit: Path | None,
+        threads: int | None, quiet: bool) -> int:
     """Run SUITE (a YAML file, or the name of a bundled suite; default: quickstart), print its
     tables and write its run folder."""
     from .context import resolve_device, silent_progress
@@ -140,6 +145,12 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         torch.set_num_threads(threads)
     if reuse is not None:
         RunStore(reuse).check()
+    if resume is not None:
+        if out is not None and out.resolve() != resume.resolve():
+            raise HarnessError("--resume continues a run in its own folder; drop --out, or "
+                               "give it the same folder")
+        RunStore(resume).check()
+        out = resume
     base_store = None
     if baseline is not None:
         base_store = RunStore(baseline)
@@ -148,6 +159,7 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
     s = load_suite(suite, registry)
     store = RunStore(out or default_run_dir(s.name))
     options = RunOptions(device=device, seed=seed, data_dir=data_dir, limit=limit, reuse=reuse,
+                         resume=resume is not None,
                          cache_dir=cache_dir, use_cache=not no_cache,
                          progress=silent_progress if quiet else _tqdm_progress,
                          on_event=_event_printer(quiet))
@@ -165,6 +177,9 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
     if (store.path / "errors.log").exists():
         _err(f"tracebacks of internal errors: {store.path / 'errors.log'}")
     _err(f"run folder: {store.path}")
+    if result.interrupted or result.errors:
+        _err(f"to finish it (only the unfinished or failed cases run again): "
+             f"harness run {suite} --resume {store.path}")
     return code
 
 

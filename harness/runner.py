@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +36,7 @@ class RunOptions:
     data_dir: Path | None = None
     limit: int | None = None         # at most this many images per test
     reuse: Path | None = None        # an earlier run folder whose saved examples may be reused
+    resume: bool = False             # continue the run already in the run folder
     cache_dir: Path | None = None
     use_cache: bool = True
     progress: ProgressFactory = silent_progress
@@ -54,6 +55,8 @@ class CaseResult:
     images: int = 0
     notes: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)   # paths inside the run folder
+    records: int = 0                  # rows of results.csv it wrote (rows are in case order)
+    resumed: bool = False             # taken over from the interrupted run it resumed
 
 
 @dataclass
@@ -98,6 +101,64 @@ class RunResult:
         }
 
 
+@dataclass
+class Resumed:
+    """What an interrupted (or partly failed) run left in its folder: the cases it finished
+    without error, each with its rows of results, and the models it loaded."""
+
+    cases: dict[tuple[str, str], tuple[CaseResult, list[dict[str, Any]]]]
+    models: dict[str, ModelInfo]
+
+
+def _suite_digest(suite: Suite) -> str:
+    import hashlib
+
+    return hashlib.sha256(suite.text.encode()).hexdigest()
+
+
+def load_resumable(store: "Any", suite: Suite, seed: int, device: torch.device,
+                   limit: int | None) -> Resumed:
+    """Read the run in ``store`` to continue it; refuse (one line) when it was run with a
+    different suite text, seed, device or limit, since its numbers would then not belong
+    with the new ones."""
+    store.check()
+    summary = store.summary()
+    where = store.path
+    again = "run the suite afresh (--out NEW_FOLDER)"
+    if summary.get("suite", {}).get("sha256") != _suite_digest(suite):
+        raise HarnessError(f"{where} holds a run of another suite, or of this one before it "
+                           "changed; its results cannot be continued", hint=again)
+    before = {"seed": summary.get("seed"), "device": summary.get("device"),
+              "limit": summary.get("options", {}).get("limit")}
+    now = {"seed": seed, "device": str(device), "limit": limit}
+    for key in before:
+        if before[key] != now[key]:
+            raise HarnessError(f"{where} was run with {key} {before[key]}, not {now[key]}; "
+                               "resume it with the same settings", hint=again)
+    cases = summary.get("cases", [])
+    if any("records" not in c for c in cases):
+        raise HarnessError(f"{where} was written by an older version of the harness and "
+                           "cannot be resumed", hint=again)
+    rows = store.results().to_dict("records")
+    if sum(c["records"] for c in cases) != len(rows):
+        raise HarnessError(f"{where}: results.csv does not match summary.json "
+                           f"({len(rows)} rows, {sum(c['records'] for c in cases)} expected)",
+                           hint=again)
+    names = {f.name for f in fields(CaseResult)}
+    done, start = {}, 0
+    for c in cases:
+        part = rows[start:start + c["records"]]
+        start += c["records"]
+        if c["status"] == "ok":
+            case = CaseResult(**{k: v for k, v in c.items() if k in names})
+            case.resumed = True
+            done[case.test, case.model] = (case, [{**r, "param": r["param"] or ""} for r in part])
+    model_names = {f.name for f in fields(ModelInfo)}
+    models = {m["id"]: ModelInfo(**{k: v for k, v in m.items() if k in model_names})
+              for m in summary.get("models", []) if m.get("status") == "ok"}
+    return Resumed(done, models)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
@@ -127,17 +188,28 @@ class Runner:
                            registry=registry)
         self._models: dict[str, Model | None] = {}
 
-    def run(self, checkpoint: Callable[[RunResult], None] | None = None) -> RunResult:
-        """Run all cases; ``checkpoint(result)`` is called after each one (to save it)."""
+    def run(self, checkpoint: Callable[[RunResult], None] | None = None,
+            done: "Resumed | None" = None) -> RunResult:
+        """Run all cases; ``checkpoint(result)`` is called after each one (to save it).
+        ``done``: cases an interrupted run finished, taken over instead of run again."""
         emit = self.options.on_event
         result = RunResult(self.suite, self.seed, str(self.device), _now())
         t_start = time.perf_counter()
         plan = self.suite.cases()
-        emit("start", {"cases": len(plan), "device": str(self.device), "seed": self.seed})
+        emit("start", {"cases": len(plan), "device": str(self.device), "seed": self.seed,
+                       "resumed": len(done.cases) if done else 0})
         try:
             for n, (i, test, mid) in enumerate(plan, 1):
+                start = len(result.records)
+                if done is not None and (test.name, mid) in done.cases:
+                    case, records = done.cases[test.name, mid]
+                    result.records.extend(records)
+                    result.cases.append(case)
+                    emit("case_end", {"n": n, "of": len(plan), **asdict(case)})
+                    continue
                 emit("case_start", {"n": n, "of": len(plan), "test": test.name, "model": mid})
                 case = self._run_case(i, test, mid, result)
+                case.records = len(result.records) - start
                 result.cases.append(case)
                 emit("case_end", {"n": n, "of": len(plan), **asdict(case)})
                 result.seconds = time.perf_counter() - t_start
@@ -145,6 +217,9 @@ class Runner:
                     checkpoint(result)
         except KeyboardInterrupt:
             result.interrupted = True
+        if done is not None:  # models only the taken-over cases used: as the earlier run saw them
+            for mid, info in done.models.items():
+                result.models.setdefault(mid, info)
         result.finished = _now()
         result.seconds = time.perf_counter() - t_start
         return result
@@ -483,30 +558,31 @@ def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOption
               baseline: "Any" = None) -> tuple[RunResult, int]:
     """Run ``suite`` into the run folder ``store`` (a :class:`harness.store.RunStore`),
     saving after every case; ``baseline``, an earlier run's store, for ``max_drop`` gates.
-    Returns the result and the exit code."""
-    import hashlib
-
+    With ``options.resume``, continue the run already in ``store``: the cases it finished are
+    taken over, the rest run. Returns the result and the exit code."""
     from .gates import evaluate
 
     runner = Runner(suite, registry, options)
+    done = (load_resumable(store, suite, runner.seed, runner.device, options.limit)
+            if options.resume else None)
     base_records = None
     if baseline is not None:
         baseline.check()
         base_records = baseline.results().to_dict("records")
     directions = {spec.use: runner.built[("tests", i, "metrics", j)].higher_is_better
                   for i, t in enumerate(suite.tests) for j, spec in enumerate(metric_specs(t))}
-    store.create()
+    store.create(resume=options.resume)
     store.write_suite(suite.text)
     used = sorted({(obj.kind, obj.name, registry.get(obj.kind, obj.name).distribution)
                    for obj in runner.built.values()})
     static = {
-        "suite": {"name": suite.name, "file": suite.file,
-                  "sha256": hashlib.sha256(suite.text.encode()).hexdigest()},
+        "suite": {"name": suite.name, "file": suite.file, "sha256": _suite_digest(suite)},
         "command": command or [],
         "options": {"device": options.device, "seed": options.seed, "limit": options.limit,
                     "data_dir": str(options.data_dir) if options.data_dir else None,
                     "use_cache": options.use_cache,
-                    "baseline": str(baseline.path) if baseline is not None else None},
+                    "baseline": str(baseline.path) if baseline is not None else None,
+                    "resumed": len(done.cases) if done is not None else 0},
         "versions": _versions(registry),
         "device_info": device_info(str(runner.device)),
         "plugins": [{"kind": k, "name": n, "distribution": d} for k, n, d in used],
@@ -530,5 +606,5 @@ def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOption
             store.write_text("errors.log", "\n".join(tracebacks))
         return code or 0
 
-    result = runner.run(checkpoint=save)
+    result = runner.run(checkpoint=save, done=done)
     return result, save(result, final=True)

@@ -59,13 +59,15 @@ class RunStore:
 
     # ------------------------------------------------------------------ writing
 
-    def create(self) -> "RunStore":
+    def create(self, resume: bool = False) -> "RunStore":
+        """Make the run folder; an existing run there is an error unless ``resume``."""
         if self.path.exists() and not self.path.is_dir():
             raise HarnessError(f"{self.path} exists and is not a folder",
                                hint="give --out a folder path")
-        if (self.path / "summary.json").exists():
+        if not resume and (self.path / "summary.json").exists():
             raise HarnessError(f"{self.path} already holds a run",
-                               hint="give --out a new folder (or remove the old run)")
+                               hint="give --out a new folder, or --resume it to finish the cases "
+                                    "it did not")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
