@@ -589,8 +589,8 @@ def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOption
     }
 
     def save(result: RunResult, final: bool = False) -> int:
-        verdicts = (evaluate(suite.gates, result.records, base_records, directions)
-                    if final else [])
+        verdicts = (evaluate(suite.gates, result.records, base_records, directions,
+                             interrupted=result.interrupted) if final else [])
         code, verdict = exit_code_of(result, verdicts) if final else (None, "running")
         for path, blob in list(result.pending_files.items()):
             store.write_bytes(path, blob)

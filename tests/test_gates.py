@@ -34,6 +34,14 @@ def test_missing_and_nan_values_fail():
     assert not nan["passed"] and "NaN" in nan["reason"]
 
 
+def test_interrupted_run_skips_unmeasured_gates_but_checks_the_rest():
+    missing, measured, bad = evaluate([gate(model="other", max=1), gate(max=0.1), gate(max=0.01)],
+                                      RECORDS, interrupted=True)
+    assert missing["skipped"] and "interrupted" in missing["reason"]
+    assert measured["passed"] and not measured["skipped"]
+    assert not bad["passed"] and not bad["skipped"]
+
+
 def test_max_drop_relative_and_absolute_against_a_baseline():
     base = [{"test": "u", "model": "m", "metric": "mean_distortion", "param": "", "value": 0.10},
             {"test": "u", "model": "m", "metric": "adv_error", "param": "", "value": 0.20}]
