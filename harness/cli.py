@@ -36,6 +36,16 @@ def _tqdm_progress(desc: str, total: int | None = None, unit: str = "it") -> Ite
         bar.close()
 
 
+def _parse_shard(ctx: click.Context, param: click.Parameter,
+                 value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    k, sep, n = value.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise click.BadParameter(f"{value!r} is not K/N with 1 <= K <= N, such as 2/4")
+    return int(k), int(n)
+
+
 def _event_printer(quiet: bool):
     def on_event(kind: str, info: dict[str, Any]) -> None:
         if quiet:
@@ -117,6 +127,9 @@ def validate(suite: str) -> int:
 @click.option("--resume", type=click.Path(path_type=Path),
               help="A run folder of this suite that was interrupted or had failing cases: "
                    "finish it there, running only the cases it did not finish.")
+@click.option("--shard", callback=_parse_shard, metavar="K/N",
+              help="Run only shard K of N (1-based): for splitting a suite across machines or "
+                   "GPUs; combine the N run folders with 'harness merge'.")
 @click.option("--junit", type=click.Path(path_type=Path),
               help="Also write JUnit XML here (one testcase per case and per gate).")
 @click.option("--threads", type=click.IntRange(min=1),
@@ -124,13 +137,13 @@ def validate(suite: str) -> int:
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; tables only.")
 def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
-        baseline: Path | None, reuse: Path | None, resume: Path | None, junit: Path | None,
-        threads: int | None, quiet: bool) -> int:
+        baseline: Path | None, reuse: Path | None, resume: Path | None,
+        shard: tuple[int, int] | None, junit: Path | None, threads: int | None,
+        quiet: bool) -> int:
     """Run SUITE (a YAML file, or the name of a bundled suite; default: quickstart), print its
     tables and write its run folder."""
     from .context import resolve_device, silent_progress
     from .plugins import default_registry
-    from .report import build_tables, render_markdown, render_terminal
     from .runner import RunOptions, run_suite
     from .store import RunStore, default_run_dir
     from .suite import load_suite
@@ -157,13 +170,29 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         base_store.check()
     registry = default_registry()
     s = load_suite(suite, registry)
-    store = RunStore(out or default_run_dir(s.name))
+    if shard is not None and not s.cases(shard):
+        _err(f"note: shard {shard[0]}/{shard[1]} has no cases (shards own whole models, and "
+             f"the suite has {len(s.models)}); its folder still takes part in 'harness merge'")
+    name = f"{s.name}-shard{shard[0]}of{shard[1]}" if shard else s.name
+    store = RunStore(out or default_run_dir(name))
     options = RunOptions(device=device, seed=seed, data_dir=data_dir, limit=limit, reuse=reuse,
-                         resume=resume is not None,
+                         resume=resume is not None, shard=shard,
                          cache_dir=cache_dir, use_cache=not no_cache,
                          progress=silent_progress if quiet else _tqdm_progress,
                          on_event=_event_printer(quiet))
     result, code = run_suite(s, registry, store, options, command=sys.argv, baseline=base_store)
+    _finish(store, result, junit)
+    if result.interrupted or result.errors:
+        again = f" --shard {shard[0]}/{shard[1]}" if shard else ""
+        _err(f"to finish it (only the unfinished or failed cases run again): "
+             f"harness run {suite}{again} --resume {store.path}")
+    return code
+
+
+def _finish(store: Any, result: Any, junit: Path | None) -> None:
+    """Write report.md (and JUnit XML), print the tables, the errors and the folder."""
+    from .report import build_tables, render_markdown, render_terminal
+
     summary, tables = build_tables(store)
     store.write_text("report.md", render_markdown(summary, tables))
     if junit is not None:
@@ -177,9 +206,37 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
     if (store.path / "errors.log").exists():
         _err(f"tracebacks of internal errors: {store.path / 'errors.log'}")
     _err(f"run folder: {store.path}")
-    if result.interrupted or result.errors:
-        _err(f"to finish it (only the unfinished or failed cases run again): "
-             f"harness run {suite} --resume {store.path}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Run folder to write (default reports/<suite name>-<timestamp>/).")
+@click.option("--baseline", type=click.Path(path_type=Path),
+              help="An earlier run folder, for the suite's max_drop (regression) gates.")
+@click.option("--junit", type=click.Path(path_type=Path),
+              help="Also write JUnit XML here (one testcase per case and per gate).")
+def merge(run_dirs: tuple[Path, ...], out: Path | None, baseline: Path | None,
+          junit: Path | None) -> int:
+    """Combine the run folders of a suite's shards (harness run SUITE --shard K/N, one per K)
+    into one run folder, judge the gates on the whole, and print the tables. Nothing is
+    recomputed; the exit code is the one the whole suite would have given."""
+    from .plugins import default_registry
+    from .runner import merge_runs
+    from .store import RunStore, default_run_dir
+
+    stores = [RunStore(p) for p in run_dirs]
+    for store in stores:
+        store.check()
+    base_store = None
+    if baseline is not None:
+        base_store = RunStore(baseline)
+        base_store.check()
+    name = stores[0].summary().get("suite", {}).get("name") or "merged"
+    store = RunStore(out or default_run_dir(name))
+    result, code = merge_runs(stores, default_registry(), store, command=sys.argv,
+                              baseline=base_store)
+    _finish(store, result, junit)
     return code
 
 

@@ -51,13 +51,14 @@ def _check(gate: GateConfig, value: float, base: float | None, higher_is_better:
 def evaluate(gates: Iterable[GateConfig], records: Iterable[Mapping[str, Any]],
              baseline: Iterable[Mapping[str, Any]] | None = None,
              directions: Mapping[str, bool | None] | None = None,
-             interrupted: bool = False) -> list[dict[str, Any]]:
+             unmeasured: str | None = None) -> list[dict[str, Any]]:
     """One verdict per gate.
 
     ``baseline``: the records of an earlier run, for ``max_drop`` gates; ``directions``:
     metric name -> whether higher is better. A gate whose value is missing (its case errored)
     or NaN fails, saying why; a ``max_drop`` gate without a baseline is reported as skipped,
-    and so is a gate without a value in an ``interrupted`` run (its case may not have run).
+    and so is a gate without a value when ``unmeasured`` says why its case may not have run
+    (an interrupted run, one shard of a suite).
     """
     index = _index(records)
     base_index = _index(baseline) if baseline is not None else {}
@@ -73,9 +74,8 @@ def evaluate(gates: Iterable[GateConfig], records: Iterable[Mapping[str, Any]],
             "drop": gate.drop if gate.max_drop is not None else None,
             "value": None, "baseline": None, "passed": False, "skipped": False, "reason": "",
         }
-        if not matches and interrupted:
-            verdict.update(passed=True, skipped=True,
-                           reason="not measured: the run was interrupted (finish it with --resume)")
+        if not matches and unmeasured:
+            verdict.update(passed=True, skipped=True, reason=f"not measured: {unmeasured}")
             verdicts.append(verdict)
             continue
         if not matches:

@@ -37,6 +37,7 @@ class RunOptions:
     limit: int | None = None         # at most this many images per test
     reuse: Path | None = None        # an earlier run folder whose saved examples may be reused
     resume: bool = False             # continue the run already in the run folder
+    shard: tuple[int, int] | None = None   # (k, n): run only shard k of n (Suite.cases)
     cache_dir: Path | None = None
     use_cache: bool = True
     progress: ProgressFactory = silent_progress
@@ -84,6 +85,7 @@ class RunResult:
     cases: list[CaseResult] = field(default_factory=list)
     models: dict[str, ModelInfo] = field(default_factory=dict)
     interrupted: bool = False
+    shard: tuple[int, int] | None = None
     #: figures not yet written to the run folder: path inside it -> PNG bytes
     pending_files: dict[str, bytes] = field(default_factory=dict)
 
@@ -96,6 +98,7 @@ class RunResult:
             "seed": self.seed, "device": self.device, "started": self.started,
             "finished": self.finished, "seconds": round(self.seconds, 3),
             "interrupted": self.interrupted,
+            "shard": list(self.shard) if self.shard else None,
             "cases": [asdict(c) for c in self.cases],
             "models": [asdict(m) for m in self.models.values()],
         }
@@ -116,11 +119,13 @@ def _suite_digest(suite: Suite) -> str:
     return hashlib.sha256(suite.text.encode()).hexdigest()
 
 
-def load_resumable(store: "Any", suite: Suite, seed: int, device: torch.device,
-                   limit: int | None) -> Resumed:
+def load_resumable(store: "Any", suite: Suite, seed: int, device: torch.device | str,
+                   limit: int | None, shard: tuple[int, int] | None = None,
+                   merging: bool = False) -> Resumed:
     """Read the run in ``store`` to continue it; refuse (one line) when it was run with a
-    different suite text, seed, device or limit, since its numbers would then not belong
-    with the new ones."""
+    different suite text, seed, device, limit or shard, since its numbers would then not
+    belong with the new ones. ``merging``: take every case as it is (failed ones too) and
+    every model, for :func:`merge_runs`."""
     store.check()
     summary = store.summary()
     where = store.path
@@ -129,8 +134,10 @@ def load_resumable(store: "Any", suite: Suite, seed: int, device: torch.device,
         raise HarnessError(f"{where} holds a run of another suite, or of this one before it "
                            "changed; its results cannot be continued", hint=again)
     before = {"seed": summary.get("seed"), "device": summary.get("device"),
-              "limit": summary.get("options", {}).get("limit")}
-    now = {"seed": seed, "device": str(device), "limit": limit}
+              "limit": summary.get("options", {}).get("limit"),
+              "shard": "/".join(map(str, summary["shard"])) if summary.get("shard") else None}
+    now = {"seed": seed, "device": str(device), "limit": limit,
+           "shard": "/".join(map(str, shard)) if shard else None}
     for key in before:
         if before[key] != now[key]:
             raise HarnessError(f"{where} was run with {key} {before[key]}, not {now[key]}; "
@@ -149,13 +156,13 @@ def load_resumable(store: "Any", suite: Suite, seed: int, device: torch.device,
     for c in cases:
         part = rows[start:start + c["records"]]
         start += c["records"]
-        if c["status"] == "ok":
+        if c["status"] == "ok" or merging:
             case = CaseResult(**{k: v for k, v in c.items() if k in names})
-            case.resumed = True
+            case.resumed = case.resumed or not merging
             done[case.test, case.model] = (case, [{**r, "param": r["param"] or ""} for r in part])
     model_names = {f.name for f in fields(ModelInfo)}
     models = {m["id"]: ModelInfo(**{k: v for k, v in m.items() if k in model_names})
-              for m in summary.get("models", []) if m.get("status") == "ok"}
+              for m in summary.get("models", []) if m.get("status") == "ok" or merging}
     return Resumed(done, models)
 
 
@@ -193,9 +200,10 @@ class Runner:
         """Run all cases; ``checkpoint(result)`` is called after each one (to save it).
         ``done``: cases an interrupted run finished, taken over instead of run again."""
         emit = self.options.on_event
-        result = RunResult(self.suite, self.seed, str(self.device), _now())
+        result = RunResult(self.suite, self.seed, str(self.device), _now(),
+                           shard=self.options.shard)
         t_start = time.perf_counter()
-        plan = self.suite.cases()
+        plan = self.suite.cases(self.options.shard)
         emit("start", {"cases": len(plan), "device": str(self.device), "seed": self.seed,
                        "resumed": len(done.cases) if done else 0})
         try:
@@ -549,8 +557,9 @@ def exit_code_of(result: RunResult, verdicts: list[dict[str, Any]]) -> tuple[int
         return 1, "FAILED: " + ", ".join(parts)
     gates = f", {len(verdicts) - len(skipped)} gate(s) passed" if verdicts else ""
     if skipped:
-        gates += f", {len(skipped)} skipped (no baseline)"
-    return 0, f"OK: {len(result.cases)} case(s) ran{gates}"
+        gates += f", {len(skipped)} skipped (see why in the Gates table)"
+    shard = f"shard {result.shard[0]}/{result.shard[1]}, " if result.shard else ""
+    return 0, f"OK: {shard}{len(result.cases)} case(s) ran{gates}"
 
 
 def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOptions,
@@ -560,21 +569,13 @@ def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOption
     saving after every case; ``baseline``, an earlier run's store, for ``max_drop`` gates.
     With ``options.resume``, continue the run already in ``store``: the cases it finished are
     taken over, the rest run. Returns the result and the exit code."""
-    from .gates import evaluate
-
     runner = Runner(suite, registry, options)
-    done = (load_resumable(store, suite, runner.seed, runner.device, options.limit)
-            if options.resume else None)
-    base_records = None
+    done = (load_resumable(store, suite, runner.seed, runner.device, options.limit,
+                           options.shard) if options.resume else None)
     if baseline is not None:
         baseline.check()
-        base_records = baseline.results().to_dict("records")
-    directions = {spec.use: runner.built[("tests", i, "metrics", j)].higher_is_better
-                  for i, t in enumerate(suite.tests) for j, spec in enumerate(metric_specs(t))}
     store.create(resume=options.resume)
     store.write_suite(suite.text)
-    used = sorted({(obj.kind, obj.name, registry.get(obj.kind, obj.name).distribution)
-                   for obj in runner.built.values()})
     static = {
         "suite": {"name": suite.name, "file": suite.file, "sha256": _suite_digest(suite)},
         "command": command or [],
@@ -585,12 +586,38 @@ def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOption
                     "resumed": len(done.cases) if done is not None else 0},
         "versions": _versions(registry),
         "device_info": device_info(str(runner.device)),
-        "plugins": [{"kind": k, "name": n, "distribution": d} for k, n, d in used],
+        "plugins": _plugins_used(registry, runner.built),
     }
+    save = _saver(suite, runner.built, store, static, baseline)
+    result = runner.run(checkpoint=save, done=done)
+    return result, save(result, final=True)
+
+
+def _plugins_used(registry: Registry, built: dict[Loc, Any]) -> list[dict[str, str]]:
+    used = sorted({(obj.kind, obj.name, registry.get(obj.kind, obj.name).distribution)
+                   for obj in built.values()})
+    return [{"kind": k, "name": n, "distribution": d} for k, n, d in used]
+
+
+def _saver(suite: Suite, built: dict[Loc, Any], store: "Any", static: dict[str, Any],
+           baseline: "Any" = None) -> Callable[..., int]:
+    """``save(result, final=False)``: write the run folder (results, summary, figures,
+    tracebacks); the final save also judges the gates and returns the exit code."""
+    from .gates import evaluate
+
+    base_records = baseline.results().to_dict("records") if baseline is not None else None
+    directions = {spec.use: built[("tests", i, "metrics", j)].higher_is_better
+                  for i, t in enumerate(suite.tests) for j, spec in enumerate(metric_specs(t))}
 
     def save(result: RunResult, final: bool = False) -> int:
+        unmeasured = None
+        if result.interrupted:
+            unmeasured = "the run was interrupted (finish it with --resume)"
+        elif result.shard is not None:
+            unmeasured = (f"not in shard {result.shard[0]}/{result.shard[1]} "
+                          "(judge it on the shards merged with 'harness merge')")
         verdicts = (evaluate(suite.gates, result.records, base_records, directions,
-                             interrupted=result.interrupted) if final else [])
+                             unmeasured=unmeasured) if final else [])
         code, verdict = exit_code_of(result, verdicts) if final else (None, "running")
         for path, blob in list(result.pending_files.items()):
             store.write_bytes(path, blob)
@@ -606,5 +633,86 @@ def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOption
             store.write_text("errors.log", "\n".join(tracebacks))
         return code or 0
 
-    result = runner.run(checkpoint=save, done=done)
-    return result, save(result, final=True)
+    return save
+
+
+def merge_runs(stores: list["Any"], registry: Registry, out: "Any",
+               command: list[str] | None = None, baseline: "Any" = None) -> tuple[RunResult, int]:
+    """Combine the run folders of every shard of a suite (``harness run --shard K/N``) into
+    the run folder ``out``, as if the suite had run in one go: the cases in the suite's order
+    with their results, the models, figures and saved examples; the gates are judged on
+    the whole. Nothing is computed. Returns the result and the exit code."""
+    import shutil
+
+    from .suite import parse_suite
+
+    if not stores:
+        raise HarnessError("give the run folders of the shards to merge")
+    for store in stores:
+        store.check()
+    summaries = [store.summary() for store in stores]
+    first, s0 = stores[0], summaries[0]
+    hint = "merge the run folders that 'harness run SUITE --shard K/N' wrote, one per K"
+    shards: dict[int, Any] = {}
+    n = None
+    for store, summary in zip(stores, summaries):
+        if not summary.get("shard"):
+            raise HarnessError(f"{store.path} is not a shard (it ran without --shard)", hint=hint)
+        k, m = summary["shard"]
+        n = n or m
+        if m != n:
+            raise HarnessError(f"{store.path} is shard {k}/{m}, and {first.path} one of {n}: "
+                               "shards of different splits", hint=hint)
+        if k in shards:
+            raise HarnessError(f"shard {k}/{n} given twice: {shards[k].path} and {store.path}",
+                               hint=hint)
+        shards[k] = store
+    missing = [f"{k}/{n}" for k in range(1, n + 1) if k not in shards]
+    if missing:
+        raise HarnessError(f"shard(s) {', '.join(missing)} missing", hint=f"run 'harness run "
+                           f"SUITE --shard {missing[0]}' and merge all {n} folders")
+    suite = parse_suite(first.suite_text(), s0["suite"]["file"], registry)
+    cases: dict[tuple[str, str], tuple[CaseResult, list[dict[str, Any]]]] = {}
+    models: dict[str, ModelInfo] = {}
+    for store, summary in zip(stores, summaries):
+        part = load_resumable(store, suite, s0["seed"], s0["device"],
+                              s0.get("options", {}).get("limit"), tuple(summary["shard"]),
+                              merging=True)
+        cases.update(part.cases)
+        for mid, info in part.models.items():
+            if mid not in models or models[mid].status != "ok":
+                models[mid] = info
+    plan = suite.cases()
+    absent = [f"{t.name} x {mid}" for _, t, mid in plan if (t.name, mid) not in cases]
+    if absent:
+        raise HarnessError(f"{len(absent)} case(s) are in no shard's results (first: "
+                           f"{absent[0]}): a shard was interrupted", hint="finish it with "
+                           "'harness run SUITE --shard K/N --resume DIR', then merge again")
+    out.create()
+    out.write_suite(suite.text)
+    for store in stores:
+        for sub in ("figures", "artifacts"):
+            if (store.path / sub).is_dir():
+                shutil.copytree(store.path / sub, out.path / sub, dirs_exist_ok=True)
+    result = RunResult(suite, s0["seed"], s0["device"], min(s["started"] for s in summaries))
+    result.finished = max((s.get("finished") or "") for s in summaries) or None
+    result.seconds = max(float(s.get("seconds", 0.0)) for s in summaries)
+    for _, test, mid in plan:
+        case, records = cases[test.name, mid]
+        result.cases.append(case)
+        result.records.extend(records)
+    result.models = {mid: models[mid] for mid in [*suite.models, *models] if mid in models}
+    built = check_plugins(suite, registry)
+    options = dict(s0.get("options", {}))
+    options.update(resumed=0, baseline=str(baseline.path) if baseline is not None else None)
+    static = {
+        "suite": s0["suite"], "command": command or [], "options": options,
+        "merged": [{"path": str(shards[k].path), "shard": [k, n],
+                    "seconds": summaries[stores.index(shards[k])].get("seconds")}
+                   for k in sorted(shards)],
+        "versions": s0.get("versions", {}), "device_info": s0.get("device_info", {}),
+        "plugins": _plugins_used(registry, built),
+    }
+    if baseline is not None:
+        baseline.check()
+    return result, _saver(suite, built, out, static, baseline)(result, final=True)

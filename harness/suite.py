@@ -318,15 +318,32 @@ class Suite(_Strict):
     def test_models(self, test: TestConfig) -> list[str]:
         return list(test.models) if test.models is not None else list(self.models)
 
-    def cases(self) -> list[tuple[int, TestConfig, str]]:
+    def cases(self, shard: tuple[int, int] | None = None) -> list[tuple[int, TestConfig, str]]:
         """(test index, test, model id) per case; a transfer test has one case per source
-        model and, with a baseline, one more (model :data:`BASELINE`)."""
+        model and, with a baseline, one more (model :data:`BASELINE`).
+
+        ``shard`` ``(k, n)``: only the cases of shard k of n (1-based). Shards own whole
+        models (every case of a model is in the same shard, so each model is trained or
+        loaded for its cases by one shard), balanced by case count: the models with the
+        most cases first, each to the shard with the fewest cases so far."""
         plan = []
         for i, t in enumerate(self.tests):
             plan += [(i, t, mid) for mid in self.test_models(t)]
             if t.transfer is not None and t.baseline is not None:
                 plan.append((i, t, BASELINE))
-        return plan
+        if shard is None:
+            return plan
+        k, n = shard
+        groups: dict[str, int] = {}
+        for _, _, mid in plan:
+            groups[mid] = groups.get(mid, 0) + 1
+        load = [0] * n
+        owner = {}
+        for mid in sorted(groups, key=lambda m: -groups[m]):   # stable: suite order breaks ties
+            j = load.index(min(load))
+            owner[mid] = j
+            load[j] += groups[mid]
+        return [c for c in plan if owner[c[2]] == k - 1]
 
 
 DEFAULT_METRICS_ATTACK = ["clean_error", "adv_error", "success_rate", "mean_distortion", "seconds"]

@@ -36,7 +36,7 @@ def test_missing_and_nan_values_fail():
 
 def test_interrupted_run_skips_unmeasured_gates_but_checks_the_rest():
     missing, measured, bad = evaluate([gate(model="other", max=1), gate(max=0.1), gate(max=0.01)],
-                                      RECORDS, interrupted=True)
+                                      RECORDS, unmeasured="the run was interrupted")
     assert missing["skipped"] and "interrupted" in missing["reason"]
     assert measured["passed"] and not measured["skipped"]
     assert not bad["passed"] and not bad["skipped"]

@@ -334,6 +334,13 @@ def header_lines(summary: dict[str, Any]) -> list[str]:
     suite = summary.get("suite", {})
     lines = [f"suite {suite.get('name', '?')} ({suite.get('file', '?')}), seed {summary.get('seed')}, "
              f"device {summary.get('device')}, {summary.get('seconds', 0):.1f} s"]
+    if summary.get("shard"):
+        k, n = summary["shard"]
+        lines.append(f"SHARD {k}/{n}: the tables hold this shard's cases; combine the {n} "
+                     "run folders with 'harness merge'")
+    if summary.get("merged"):
+        lines.append(f"merged from {len(summary['merged'])} shard(s); the time is the longest "
+                     "shard's")
     if summary.get("interrupted"):
         lines.append("INTERRUPTED: the tables hold only the cases that finished")
     return lines

@@ -1,5 +1,6 @@
-"""Resuming a run: an interrupted run's folder is finished in place, running only the cases it
-did not finish, and ends with the same numbers as a run that was never interrupted."""
+"""Runs in pieces: an interrupted run's folder is finished in place (--resume), running only
+the cases it did not finish; a suite split into shards (--shard K/N) and merged (harness
+merge). Either way the numbers are those of a run in one go."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.runner import RunOptions, run_suite
+from harness.runner import RunOptions, merge_runs, run_suite
 from harness.store import RunStore
 from harness.suite import load_suite
 from harness.testing import make_registry
@@ -147,3 +148,91 @@ def test_resume_from_the_command_line(runs, suite_file, tmp_path, capsys):
     old.write_text(json.dumps(summary))
     assert main(["run", str(suite_file), "--resume", str(whole.path), "-q"]) == 2
     assert "older version" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ shards
+
+def test_shards_partition_the_cases_by_model(registry, suite_file):
+    suite = load_suite(suite_file, registry)
+    whole = [(t.name, mid) for _, t, mid in suite.cases()]
+    for n in (1, 2, 3, 5):
+        parts = [[(t.name, mid) for _, t, mid in suite.cases((k, n))] for k in range(1, n + 1)]
+        assert sorted(sum(parts, [])) == sorted(whole)          # every case exactly once
+        owners = {}
+        for k, part in enumerate(parts):
+            for _, mid in part:
+                assert owners.setdefault(mid, k) == k           # a model's cases stay together
+        # 3 groups of cases (a: 4, b: 4, baseline: 1): balanced while there are groups
+        assert sorted(len(p) for p in parts) == {1: [9], 2: [4, 5], 3: [1, 4, 4],
+                                                 5: [0, 0, 1, 4, 4]}[n]
+
+
+@pytest.fixture(scope="module")
+def shards(registry, suite_file, runs, tmp_path_factory):
+    """The suite in 3 shards (one of them holds only the baseline case), sharing a cache."""
+    root = tmp_path_factory.mktemp("shards")
+    out = []
+    for k in (1, 2, 3):
+        result, code, store = run(registry, suite_file, root / f"s{k}", root / "cache",
+                                  shard=(k, 3))
+        assert code == 0 and result.shard == (k, 3)
+        out.append(store)
+    return root, out
+
+
+def test_shard_runs_skip_the_gates_they_cannot_measure(shards):
+    _, stores = shards
+    verdicts = [s.summary()["gates"][0] for s in stores]
+    measured = [v for v in verdicts if not v["skipped"]]
+    assert len(measured) == 1 and measured[0]["passed"]       # model b's shard judges it
+    assert all("not in shard" in v["reason"] for v in verdicts if v["skipped"])
+
+
+def test_merged_shards_equal_a_run_in_one_go(registry, shards, runs):
+    root, stores = shards
+    whole = runs[0]
+    result, code = merge_runs(list(reversed(stores)), registry, RunStore(root / "all"))
+    merged = RunStore(root / "all")
+    assert code == 0
+    pd.testing.assert_frame_equal(comparable(merged), comparable(whole))
+    summary = merged.summary()
+    assert [(c["test"], c["model"]) for c in summary["cases"]] == \
+        [(c["test"], c["model"]) for c in whole.summary()["cases"]]
+    assert [m["shard"] for m in summary["merged"]] == [[1, 3], [2, 3], [3, 3]]
+    assert summary["shard"] is None and [g["passed"] for g in summary["gates"]] == [True]
+    # the saved adversarial examples of every shard are in the merged folder
+    saved = sorted(p.relative_to(root / "all").as_posix() for p in (root / "all").rglob("*.npz"))
+    assert saved and saved == sorted(p.relative_to(whole.path).as_posix()
+                                     for p in whole.path.rglob("*.npz"))
+
+
+def test_merge_refuses_an_incomplete_or_mixed_set(registry, shards, runs, tmp_path):
+    _, (s1, s2, s3) = shards
+    whole = runs[0]
+    cases = [
+        ([s1, s2], "shard\\(s\\) 3/3 missing"),
+        ([s1, s2, s3, s2], "shard 2/3 given twice"),
+        ([s1, s2, whole], "is not a shard"),
+    ]
+    for i, (stores, words) in enumerate(cases):
+        with pytest.raises(HarnessError, match=words):
+            merge_runs(stores, registry, RunStore(tmp_path / f"m{i}"))
+
+
+def test_shard_and_merge_from_the_command_line(shards, suite_file, tmp_path, capsys):
+    root, stores = shards
+    for bad in ("0/2", "3/2", "two", "1/"):
+        assert main(["run", str(suite_file), "--shard", bad, "-q"]) == 2
+        assert "K/N" in capsys.readouterr().err
+    # a shard resumes only as the same shard
+    assert main(["run", str(suite_file), "--shard", "2/3", "--resume", str(stores[0].path),
+                 "-q"]) == 2
+    assert "was run with shard 1/3, not 2/3" in capsys.readouterr().err
+    junit = tmp_path / "junit.xml"
+    code = main(["merge", *(str(s.path) for s in stores), "--out", str(tmp_path / "all"),
+                 "--junit", str(junit)])
+    out = capsys.readouterr().out
+    assert code == 0 and "merged from 3 shard(s)" in out and "OK: 9 case(s) ran" in out
+    assert 'failures="0"' in junit.read_text()
+    assert main(["merge", str(stores[0].path), "--out", str(tmp_path / "bad")]) == 2
+    assert "missing" in capsys.readouterr().err
