@@ -226,8 +226,7 @@ def merge(run_dirs: tuple[Path, ...], out: Path | None, baseline: Path | None,
     from .store import RunStore, default_run_dir
 
     stores = [RunStore(p) for p in run_dirs]
-    for store in stores:
-        store.check()
+    stores[0].check()  # for its suite's name; merge_runs checks every folder
     base_store = None
     if baseline is not None:
         base_store = RunStore(baseline)
