@@ -8,7 +8,7 @@ from .analysis import Analysis, AnalysisResult
 from .attack import Attack, AttackResult, check_target, choose_targets
 from .base import Plugin
 from .context import Context, resolve_device
-from .data import Data, DatasetPlugin
+from .data import Batch, Data, DatasetPlugin, DataSource, StreamedData
 from .errors import DataError, HarnessError, ModelError, ParamError, PluginError, SuiteError
 from .hookspecs import hookimpl
 from .metric import Evaluation, Metric
@@ -17,7 +17,8 @@ from .model import Model, ModelPlugin
 __version__ = "0.1.0"
 
 __all__ = [
-    "Analysis", "AnalysisResult", "Attack", "AttackResult", "Context", "Data", "DataError", "DatasetPlugin", "Evaluation",
+    "Analysis", "AnalysisResult", "Attack", "AttackResult", "Batch", "Context", "Data", "DataError",
+    "DataSource", "DatasetPlugin", "Evaluation", "StreamedData",
     "HarnessError", "Metric", "Model", "ModelError", "ModelPlugin", "ParamError", "Plugin",
     "PluginError", "SuiteError", "check_target", "choose_targets", "hookimpl",
     "resolve_device", "__version__",

@@ -28,7 +28,10 @@ class AttackResult:
     already outputs the target, or already errs when untargeted); it counts as a success with
     zero distortion. ``grad_evals[i]``/``forward_evals[i]``: model gradient / forward passes
     image i took part in. ``distortion`` (the paper's sqrt(sum r^2 / n)), ``l2`` and
-    ``seconds`` are filled in by :class:`Attack`.
+    ``seconds`` are filled in by :class:`Attack`. ``failure[i]``: for an image where the
+    attack did not reach its goal, a short code saying why (``"budget"``, ``"c-search"``...;
+    the attack's :attr:`Attack.failure_advice` explains each), "" where it succeeded; None
+    when the attack does not say.
     """
 
     x_adv: torch.Tensor
@@ -41,6 +44,7 @@ class AttackResult:
     l2: torch.Tensor | None = None
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    failure: list[str] | None = None
 
     @property
     def targeted(self) -> bool:
@@ -64,7 +68,9 @@ class AttackResult:
             success=torch.cat([p.success for p in parts]),
             target=cat("target"), already=cat("already"), grad_evals=cat("grad_evals"),
             forward_evals=cat("forward_evals"), distortion=cat("distortion"), l2=cat("l2"),
-            seconds=sum(p.seconds for p in parts), info=info)
+            seconds=sum(p.seconds for p in parts), info=info,
+            failure=(None if any(p.failure is None for p in parts)
+                     else [f for p in parts for f in p.failure]))
 
 
 TARGET_MODES = ("next", "random", "least-likely")
@@ -119,6 +125,9 @@ class Attack(Plugin):
     sweep: ClassVar[str | None] = None
     #: whether the attack needs gradients of the model
     needs_gradients: ClassVar[bool] = True
+    #: failure code (see :attr:`AttackResult.failure`) -> what it means and which parameter to
+    #: change, shown in reports next to a success rate below 100%
+    failure_advice: ClassVar[dict[str, str]] = {}
 
     @property
     def stays_in_box(self) -> bool:

@@ -91,6 +91,10 @@ class Context:
     use_cache: bool = True
     progress: ProgressFactory = silent_progress
     registry: "Registry | None" = None
+    #: the shape of one input image and the number of classes of the data a model will be fed,
+    #: when the suite's data tells (a model plugin may use them where the suite gives none)
+    input_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
     _datasets: dict[str, "Data"] = field(default_factory=dict, repr=False)
 
     def generator(self, *key: Any) -> torch.Generator:

@@ -1,25 +1,114 @@
-"""Datasets: labelled images in [0, 1], held in memory as tensors."""
+"""Datasets: labelled images in [0, 1], streamed in batches.
+
+A dataset plugin's ``load`` returns a :class:`DataSource`: either :class:`Data` (images held in
+memory as two tensors, for small sets such as MNIST) or :class:`StreamedData` (any map-style
+``torch.utils.data.Dataset``, read in batches through a ``DataLoader``, so that a set of any
+size never sits whole in memory). Both give the harness the same things: the number of
+images, their shape and classes, a stable fingerprint, and :meth:`DataSource.batches` over
+any range of positions, which is how a case is cut into chunks of images.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
 
 from .base import Plugin
 
 if TYPE_CHECKING:
+    import torch
+
     from .context import Context
+
+#: largest number of images :meth:`DataSource.materialize` holds in memory by default
+MATERIALIZE_LIMIT = 100_000
 
 
 @dataclass
-class Data:
-    """Images ``x`` (float32 ``[N, C, H, W]`` in [0, 1], on the CPU) and labels ``y`` (int64)."""
+class Batch:
+    """A batch of images ``x`` (float32 ``[B, C, H, W]`` in [0, 1], on the CPU), their labels
+    ``y`` (int64 ``[B]``) and their positions ``index`` (int64 ``[B]``) in the data source."""
 
-    x: torch.Tensor
-    y: torch.Tensor
+    x: "torch.Tensor"
+    y: "torch.Tensor"
+    index: "torch.Tensor"
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+class DataSource:
+    """What every dataset gives the harness: ``len``, ``input_shape``, ``num_classes``,
+    ``classes``, ``name``, :meth:`fingerprint` and :meth:`batches`.
+
+    Positions run from 0 to ``len - 1``; :meth:`image_id` names an image stably across runs
+    (the fingerprint and the position), which is what per-image records are keyed by."""
+
+    name: str = ""
+    num_classes: int = 0
+    classes: list[str] | None = None
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
+                workers: int | None = None, pin_memory: bool = False) -> Iterator[Batch]:
+        """Batches of at most ``batch_size`` images at positions ``start`` to ``stop``, in
+        order, on the CPU (pinned when ``pin_memory``, for fast copies to a GPU)."""
+        raise NotImplementedError
+
+    def head(self, n: int | None) -> "DataSource":
+        """The first ``n`` images (all of them when ``n`` is None)."""
+        return self.slice(0, n)
+
+    def slice(self, offset: int = 0, limit: int | None = None) -> "DataSource":
+        """Images ``offset`` to ``offset + limit`` (to the end when ``limit`` is None)."""
+        raise NotImplementedError
+
+    def materialize(self, max_images: int | None = MATERIALIZE_LIMIT) -> "Data":
+        """All images in memory as :class:`Data` (for training a small model, or an analysis
+        that needs every image at once); refuses more than ``max_images``."""
+        import torch
+
+        from .errors import DataError
+
+        if max_images is not None and len(self) > max_images:
+            raise DataError(f"{self.name}: {len(self)} images are too many to hold in memory "
+                            f"at once (at most {max_images})",
+                            hint="give the dataset a 'limit'")
+        xs, ys = [], []
+        for batch in self.batches(max(1, min(len(self), 1024))):
+            xs.append(batch.x)
+            ys.append(batch.y)
+        x = torch.cat(xs) if xs else torch.empty(0, *self.input_shape)
+        y = torch.cat(ys) if ys else torch.empty(0, dtype=torch.long)
+        data = Data(x, y, self.num_classes, self.name, self.classes)
+        data._fingerprint = self.fingerprint()
+        return data
+
+    def image_id(self, index: int) -> str:
+        return f"{self.fingerprint()}:{index}"
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.name!r}, n={len(self)}, "
+                f"input_shape={self.input_shape}, num_classes={self.num_classes})")
+
+
+@dataclass(repr=False)
+class Data(DataSource):
+    """Images ``x`` (float32 ``[N, C, H, W]`` in [0, 1], on the CPU) and labels ``y`` (int64),
+    held in memory."""
+
+    x: "torch.Tensor"
+    y: "torch.Tensor"
     num_classes: int
     name: str = ""
     classes: list[str] | None = None
@@ -40,14 +129,31 @@ class Data:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x.shape[1:])
 
-    def head(self, n: int | None) -> "Data":
-        """The first ``n`` examples (all of them when ``n`` is None)."""
-        if n is None or n >= len(self):
+    def slice(self, offset: int = 0, limit: int | None = None) -> "Data":
+        stop = len(self) if limit is None else min(len(self), offset + limit)
+        if offset == 0 and stop == len(self):
             return self
-        return Data(self.x[:n], self.y[:n], self.num_classes, f"{self.name}[:{n}]", self.classes)
+        label = f"{self.name}[{offset}:{stop}]" if offset else f"{self.name}[:{stop}]"
+        return Data(self.x[offset:stop], self.y[offset:stop], self.num_classes, label,
+                    self.classes)
+
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
+                workers: int | None = None, pin_memory: bool = False) -> Iterator[Batch]:
+        import torch
+
+        stop = len(self) if stop is None else min(stop, len(self))
+        for i in range(start, stop, max(1, batch_size)):
+            j = min(stop, i + batch_size)
+            x, y = self.x[i:j], self.y[i:j]
+            if pin_memory:
+                x, y = x.pin_memory(), y.pin_memory()
+            yield Batch(x, y, torch.arange(i, j, dtype=torch.long))
+
+    def materialize(self, max_images: int | None = MATERIALIZE_LIMIT) -> "Data":
+        return self
 
     def fingerprint(self) -> str:
-        """A hash of the contents, for cache keys."""
+        """A hash of the contents, for cache keys and image ids."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             h.update(str(tuple(self.x.shape)).encode())
@@ -57,11 +163,114 @@ class Data:
         return self._fingerprint
 
 
+def _collate(items: Sequence[tuple[Any, Any, int]]) -> Batch:
+    import torch
+
+    xs, ys, idx = zip(*items)
+    x = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in xs])
+    y = torch.as_tensor([int(v) for v in ys], dtype=torch.long)
+    return Batch(x, y, torch.as_tensor(idx, dtype=torch.long))
+
+
+class _Positions:
+    """A map-style dataset over positions ``start..stop`` of ``base`` that also yields the
+    position (so batches carry it), applying ``transform`` to each image."""
+
+    def __init__(self, base: Any, positions: range, transform: Callable | None):
+        self.base, self.positions, self.transform = base, positions, transform
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        pos = self.positions[i]
+        x, y = self.base[pos]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, y, pos
+
+
+class StreamedData(DataSource):
+    """Images read on demand from a map-style dataset (``dataset[i] -> (image, label)``),
+    such as a ``torchvision.datasets`` instance, in batches through a ``DataLoader``.
+
+    ``transform`` turns each stored image into a float tensor ``[C, H, W]`` in [0, 1] (the
+    dataset's own transform may do that already). ``fingerprint`` must identify the data
+    (the files and the settings that shape the images); ``workers`` is the DataLoader's
+    number of worker processes. ``offset``/``limit`` select a range of the dataset.
+    """
+
+    def __init__(self, dataset: Any, *, num_classes: int, fingerprint: str, name: str = "",
+                 classes: list[str] | None = None, input_shape: Sequence[int] | None = None,
+                 transform: Callable | None = None, workers: int = 0, offset: int = 0,
+                 limit: int | None = None):
+        self.dataset = dataset
+        self.num_classes = int(num_classes)
+        self.name = name
+        self.classes = classes
+        self.transform = transform
+        self.workers = int(workers)
+        total = len(dataset)
+        self.offset = min(max(0, int(offset)), total)
+        self._len = total - self.offset if limit is None else min(total - self.offset, int(limit))
+        self._fingerprint = fingerprint
+        self._shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        if self._shape is None:
+            if not len(self):
+                raise ValueError(f"{self.name}: no images, so no input shape")
+            x, _, _ = _Positions(self.dataset, range(self.offset, self.offset + 1),
+                                 self.transform)[0]
+            import torch
+
+            self._shape = tuple(torch.as_tensor(x).shape)
+        return self._shape
+
+    def fingerprint(self) -> str:
+        base = f"{self._fingerprint}:{self.offset}:{self._len}"
+        return hashlib.sha256(base.encode()).hexdigest()[:16]
+
+    def slice(self, offset: int = 0, limit: int | None = None) -> "StreamedData":
+        start = min(self._len, max(0, int(offset)))
+        n = self._len - start if limit is None else min(self._len - start, int(limit))
+        if start == 0 and n == self._len:
+            return self
+        out = StreamedData(self.dataset, num_classes=self.num_classes,
+                           fingerprint=self._fingerprint, name=f"{self.name}[{start}:{start + n}]",
+                           classes=self.classes, input_shape=self._shape,
+                           transform=self.transform, workers=self.workers,
+                           offset=self.offset + start, limit=n)
+        return out
+
+    def batches(self, batch_size: int, start: int = 0, stop: int | None = None,
+                workers: int | None = None, pin_memory: bool = False) -> Iterator[Batch]:
+        from torch.utils.data import DataLoader
+
+        stop = self._len if stop is None else min(stop, self._len)
+        if stop <= start:
+            return
+        positions = range(self.offset + start, self.offset + stop)
+        workers = self.workers if workers is None else workers
+        loader = DataLoader(_Positions(self.dataset, positions, self.transform),
+                            batch_size=max(1, batch_size), shuffle=False, num_workers=workers,
+                            collate_fn=_collate, pin_memory=pin_memory,
+                            persistent_workers=False)
+        for batch in loader:
+            batch.index = batch.index - self.offset
+            yield batch
+
+
 class DatasetPlugin(Plugin):
     """Base of dataset plugins: parameters in the constructor, reading in ``load``."""
 
     kind: ClassVar[str] = "dataset"
 
-    def load(self, ctx: "Context") -> Data:
-        """Read the data (downloading where allowed) and return it in memory."""
+    def load(self, ctx: "Context") -> DataSource:
+        """Read the data (downloading where allowed) and return it: :class:`Data` in memory,
+        or :class:`StreamedData` read in batches."""
         raise NotImplementedError

@@ -256,7 +256,7 @@ class Runner:
             self.options.on_event("model_start", {"model": mid})
             t0 = time.perf_counter()
             try:
-                model = self.built[("models", mid)].load(self.ctx)
+                model = self.built[("models", mid)].load(self._model_context(mid))
                 if not isinstance(model, Model):
                     raise TypeError(f"model plugin {spec['use']!r} returned "
                                     f"{type(model).__name__}, not a harness.Model")
@@ -279,6 +279,23 @@ class Runner:
             raise _ModelUnavailable(f"model {mid!r} could not be loaded: {info.error}",
                                     info.error_kind or "internal")
         return model
+
+    def _model_context(self, mid: str) -> Context:
+        """The run's context, with the input shape and class count of the data the model's
+        first test feeds it (so a model plugin need not be told them)."""
+        from dataclasses import replace
+
+        for i, test in enumerate(self.suite.tests):
+            if mid in self.suite.test_models(test) or mid in test.targets(list(self.suite.models)):
+                if self.suite.test_data(test) is None:
+                    continue
+                try:
+                    data = self._data(i, test)
+                except HarnessError:
+                    return self.ctx
+                return replace(self.ctx, input_shape=tuple(data.input_shape),
+                               num_classes=data.num_classes)
+        return self.ctx
 
     def _run_case(self, i: int, test: TestConfig, mid: str, result: RunResult) -> CaseResult:
         t0 = time.perf_counter()
