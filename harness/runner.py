@@ -242,7 +242,8 @@ class Runner:
             data = self.ctx.dataset(spec.use, **spec.params)
         except HarnessError as exc:
             raise type(exc)(f"{self._where(loc)}{exc.message}", hint=exc.hint) from None
-        return data.head(self.options.limit)
+        # held in memory until the cases stream their batches
+        return data.head(self.options.limit).materialize()
 
     def _where(self, loc: Loc) -> str:
         line = self.suite.line(loc)
