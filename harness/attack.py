@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 #: tolerance on the [0, 1] box, for float round-off
 BOX_TOL = 1e-6
+#: what running out of device memory raises
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 @dataclass
@@ -27,8 +29,8 @@ class AttackResult:
     label (untargeted). ``already[i]``: image i needed no perturbation at all (the model
     already outputs the target, or already errs when untargeted); it counts as a success with
     zero distortion. ``grad_evals[i]``/``forward_evals[i]``: model gradient / forward passes
-    image i took part in. ``distortion`` (the paper's sqrt(sum r^2 / n)), ``l2`` and
-    ``seconds`` are filled in by :class:`Attack`. ``failure[i]``: for an image where the
+    image i took part in. ``distortion`` (the paper's sqrt(sum r^2 / n)), ``l2``, ``linf``
+    and ``seconds`` are filled in by :class:`Attack`. ``failure[i]``: for an image where the
     attack did not reach its goal, a short code saying why (``"budget"``, ``"c-search"``...;
     the attack's :attr:`Attack.failure_advice` explains each), "" where it succeeded; None
     when the attack does not say.
@@ -42,6 +44,7 @@ class AttackResult:
     forward_evals: torch.Tensor | None = None
     distortion: torch.Tensor | None = None
     l2: torch.Tensor | None = None
+    linf: torch.Tensor | None = None
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
     failure: list[str] | None = None
@@ -68,6 +71,7 @@ class AttackResult:
             success=torch.cat([p.success for p in parts]),
             target=cat("target"), already=cat("already"), grad_evals=cat("grad_evals"),
             forward_evals=cat("forward_evals"), distortion=cat("distortion"), l2=cat("l2"),
+            linf=cat("linf"),
             seconds=sum(p.seconds for p in parts), info=info,
             failure=(None if any(p.failure is None for p in parts)
                      else [f for p in parts for f in p.failure]))
@@ -128,6 +132,8 @@ class Attack(Plugin):
     #: failure code (see :attr:`AttackResult.failure`) -> what it means and which parameter to
     #: change, shown in reports next to a success rate below 100%
     failure_advice: ClassVar[dict[str, str]] = {}
+    #: the batch size that fitted in the device's memory, once a batch had to be halved
+    effective_batch_size: int | None = None
 
     @property
     def stays_in_box(self) -> bool:
@@ -166,26 +172,41 @@ class Attack(Plugin):
         y = y.to(model.device)
         if x.numel() and (x.min() < -BOX_TOL or x.max() > 1 + BOX_TOL):
             raise ValueError("attack inputs must lie in [0, 1]")
-        bs = getattr(self, "batch_size", None) or len(x) or 1
+        bs = self.effective_batch_size or getattr(self, "batch_size", None) or len(x) or 1
         parts = []
         with ctx.progress(f"{self.name or type(self).__name__} on {model.name or 'model'}",
                           len(x), "img") as bar:
-            for i in range(0, len(x), bs):
+            i = 0
+            while i < len(x):
                 xb, yb = x[i:i + bs], y[i:i + bs]
+                bctx = replace(ctx, position=ctx.position + i) if i else ctx
                 if xb.is_cuda:
                     torch.cuda.synchronize(xb.device)
                 t0 = time.perf_counter()
-                res = self.run(model, xb, yb, ctx)
+                try:
+                    res = self.run(model, xb, yb, bctx)
+                except OUT_OF_MEMORY:
+                    if bs <= 1:
+                        raise
+                    # the batch did not fit in the device's memory: retry it at half the size,
+                    # and keep that size for the rest of the run (reported with the results)
+                    bs = max(1, bs // 2)
+                    self.effective_batch_size = bs
+                    if xb.is_cuda:
+                        torch.cuda.empty_cache()
+                    continue
                 if xb.is_cuda:
                     torch.cuda.synchronize(xb.device)
                 res = replace(res, seconds=time.perf_counter() - t0)
                 self._check(res, xb)
                 parts.append(res)
                 bar.update(len(xb))
+                i += len(xb)
         res = AttackResult.concat(parts) if len(parts) != 1 else parts[0]
         r = (res.x_adv - x).flatten(1)
         n = r.shape[1]
         res.l2 = r.norm(dim=1)
+        res.linf = r.abs().amax(dim=1) if n else torch.zeros_like(res.l2)
         res.distortion = res.l2 / n ** 0.5
         if res.already is None:
             res.already = torch.zeros_like(res.success)

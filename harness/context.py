@@ -95,6 +95,9 @@ class Context:
     #: when the suite's data tells (a model plugin may use them where the suite gives none)
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
+    #: the position, in the test's data, of the first image of the batch being attacked (key
+    #: per-batch randomness by it, so that every batch draws its own stream)
+    position: int = 0
     _datasets: dict[str, "Data"] = field(default_factory=dict, repr=False)
 
     def generator(self, *key: Any) -> torch.Generator:

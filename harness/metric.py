@@ -32,13 +32,62 @@ class Evaluation:
 class Metric(Plugin):
     """Base of metrics: ``compute`` returns a number, or None where it does not apply
     (an attack metric on a test without an attack). ``higher_is_better`` tells regression
-    gates which way is worse (None: neither)."""
+    gates which way is worse (None: neither).
+
+    A metric that only reads per-image outcomes (labels, predictions, success, distortion,
+    costs: what the ledger keeps) sets ``from_ledger = True`` and implements :meth:`values`:
+    it is then computed once per case from the ledger, with an interval, paired tests
+    against a baseline, and the same numbers when a case is split into chunks or shards.
+    ``compute`` defaults to summarizing ``values`` by ``statistic``. A metric that looks at
+    the images or the model (``ev.x``, ``ev.result.x_adv``, ``ev.model``) keeps
+    ``from_ledger = False``: it is computed on each chunk's evaluation and combined as a
+    mean weighted by images.
+
+    ``sweep`` names a parameter that may be a list in a suite (``robust_accuracy`` with
+    ``eps: [0.5, 1.0]``): the metric then gives one row per value."""
 
     kind: ClassVar[str] = "metric"
     needs_attack: ClassVar[bool] = False
     higher_is_better: ClassVar[bool | None] = None
     #: a one-line description for `harness plugins` and the report
     description: ClassVar[str] = ""
+    #: computed from the ledger (per-image outcomes) rather than on each chunk's images
+    from_ledger: ClassVar[bool] = False
+    #: how :meth:`values` are summarized: "rate" (0/1 per image; Wilson interval), "mean" or
+    #: "median" (bootstrap interval)
+    statistic: ClassVar[str] = "mean"
+    sweep: ClassVar[str | None] = None
+
+    def values(self, ev: Evaluation) -> "torch.Tensor | None":
+        """The per-image values this metric summarizes (NaN for an image that does not
+        count, such as a failed attack's distortion), or None when it has none."""
+        return None
 
     def compute(self, ev: Evaluation) -> float | None:
-        raise NotImplementedError
+        values = self.values(ev)
+        if values is None:
+            return None
+        v = values.double()
+        v = v[~torch.isnan(v)]
+        if v.numel() == 0:
+            return float("nan")
+        if self.statistic == "median":
+            return float(v.quantile(0.5))
+        return float(v.mean())
+
+    def variants(self) -> list[tuple[str, "Metric"]]:
+        """``[(label, metric)]``: one per value of the sweep parameter, else ``[("", self)]``."""
+        if self.sweep is None:
+            return [("", self)]
+        values = getattr(self, self.sweep)
+        if not isinstance(values, (list, tuple)):
+            return [("", self)]
+        out = []
+        for v in values:
+            params = self.params()
+            params[self.sweep] = v
+            clone = type(self)(**params)
+            clone.name = self.name
+            out.append((f"{self.sweep}={v:g}" if isinstance(v, float) else f"{self.sweep}={v}",
+                        clone))
+        return out
