@@ -138,3 +138,72 @@ class RunStore:
             df["param"] = ""
         df["value"] = pd.to_numeric(df["value"], errors="coerce")
         return df
+
+    # ------------------------------------------------------------------ chunks and ledger
+
+    LEDGER = "ledger"
+    CHUNKS = "chunks"
+
+    @staticmethod
+    def chunk_name(order: int, chunk: int) -> str:
+        return f"c{order:04d}-k{chunk:05d}"
+
+    def write_chunk(self, order: int, out: Any) -> None:
+        """Save a finished chunk: its files, its ledger rows (Parquet), then its record (the
+        record last: a chunk counts as done once its record is there)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .records import ledger_schema
+
+        for path, blob in out.files.items():
+            self.write_bytes(path, blob)
+        name = self.chunk_name(order, out.record.chunk)
+        table = pa.Table.from_pandas(out.ledger, schema=ledger_schema(), preserve_index=False)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        atomic_write(self.path / self.LEDGER / f"{name}.parquet", sink.getvalue().to_pybytes())
+        record = {**out.record.as_dict(), "order": order, "error": out.error}
+        atomic_write(self.path / self.CHUNKS / f"{name}.json",
+                     json.dumps(record, indent=1, default=str) + "\n")
+
+    def chunk_records(self) -> dict[tuple[int, int], Any]:
+        """Every saved chunk's record, by (case order, chunk index)."""
+        from .records import ChunkRecord
+
+        out = {}
+        folder = self.path / self.CHUNKS
+        if not folder.is_dir():
+            return out
+        for path in sorted(folder.glob("c*-k*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                rec = ChunkRecord.from_dict(data)
+                order = int(data["order"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise HarnessError(f"{path} cannot be read: {exc}",
+                                   hint="delete it to run that chunk again") from None
+            if not (self.path / self.LEDGER / f"{path.stem}.parquet").is_file():
+                continue
+            rec.info["error"] = data.get("error")
+            out[order, rec.chunk] = rec
+        return out
+
+    def ledger(self, order: int | None = None):
+        """The ledger rows of case ``order`` (all cases when None), as a pandas DataFrame."""
+        import pandas as pd
+        import pyarrow.parquet as pq
+
+        from .records import empty_ledger
+
+        folder = self.path / self.LEDGER
+        pattern = f"c{order:04d}-k*.parquet" if order is not None else "c*-k*.parquet"
+        files = sorted(folder.glob(pattern)) if folder.is_dir() else []
+        if not files:
+            return empty_ledger()
+        try:
+            frames = [pq.read_table(f).to_pandas() for f in files]
+        except Exception as exc:
+            raise HarnessError(f"{folder} holds a ledger file that cannot be read: {exc}",
+                               hint="the run folder is damaged; run the suite again") from None
+        return pd.concat(frames, ignore_index=True)

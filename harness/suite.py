@@ -150,6 +150,9 @@ class TestConfig(_Strict):
     #: attack tests: a picture of this many examples per model (original, perturbation,
     #: adversarial), as the paper's Fig. 5
     pictures: int = Field(default=0, ge=0, le=64)
+    #: images per chunk (the unit of saved progress, resume and sharding); default: the
+    #: attack's batch size, capped by memory
+    chunk_size: int | None = Field(default=None, ge=1)
 
     @field_validator("attack", "analysis", "data", "baseline", mode="before")
     @classmethod
@@ -268,6 +271,8 @@ class Suite(_Strict):
     tests: list[TestConfig] = Field(min_length=1)
     gates: list[GateConfig] = []
     tables: list[TableConfig] = []
+    #: images per chunk for every test that does not set its own
+    chunk_size: int | None = Field(default=None, ge=1)
 
     @field_validator("data", mode="before")
     @classmethod
