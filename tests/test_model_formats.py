@@ -225,3 +225,19 @@ def test_timm_model_by_name_with_a_local_checkpoint(registry, tmp_path):
     with pytest.raises(ParamError) as info:
         build(registry, {"use": "timm", "model": "resnet18", "kwargs": {"pretrained": True}})
     assert info.value.param == "kwargs"
+
+
+def test_export_a_model_that_takes_its_shape_from_streamed_data(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    suite = tmp_path / "s.yaml"
+    suite.write_text("""name: s
+data: {use: synthetic, shape: [3, 8, 8], num_classes: 4, size: 5}
+models:
+  m: {use: torch, factory: "tiny_models:small_conv"}
+tests:
+  - name: clean
+""")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(suite), "m", str(out), "--legacy"]) == 0
+    assert "5 images of synthetic" in capsys.readouterr().out
+    assert out.is_file()
