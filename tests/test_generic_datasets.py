@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -409,8 +410,24 @@ tests:
     out = tmp_path / "run"
     assert main(["run", str(suite), "--out", str(out), "-q", "--cache-dir",
                  str(tmp_path / "cache")]) == 0
-    import pandas as pd
-
     results = pd.read_csv(out / "results.csv")
     clean = results[(results.test == "clean") & (results.metric == "clean_error")]
     assert len(clean) == 1 and int(clean.n.iloc[0]) == 8 and 0 <= clean.value.iloc[0] <= 1
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_the_bundled_fashion_mnist_suite(tmp_path):
+    """suites/fashion-mnist.yaml: trains both nets on the 60,000 training images (minutes);
+    its gates (conv test error <= 15%, L-BFGS success on the conv net) pass."""
+    out = tmp_path / "run"
+    assert main(["run", "fashion-mnist", "--out", str(out), "-q", "--threads", "1",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    res = pd.read_csv(out / "results.csv")
+    value = res.set_index(["test", "model", "metric", "param"]).value
+    assert value["test-error", "conv", "clean_error", ""] <= 0.15
+    assert value["lbfgs", "conv", "success_rate", ""] == 1.0
+    # the paper's point on another dataset: a far smaller perturbation than noise that
+    # barely changes the error
+    assert value["lbfgs", "conv", "mean_distortion", ""] < 0.1
+    assert value["noise", "conv", "adv_error", "stddev=0.1"] < 0.3
