@@ -431,3 +431,38 @@ def test_the_bundled_fashion_mnist_suite(tmp_path):
     # barely changes the error
     assert value["lbfgs", "conv", "mean_distortion", ""] < 0.1
     assert value["noise", "conv", "adv_error", "stddev=0.1"] < 0.3
+
+
+def test_a_class_that_writes_beside_read_only_files_gets_a_linked_folder(registry, tmp_path,
+                                                                           monkeypatch):
+    import torchvision.datasets as tvd
+
+    originals = tmp_path / "readonly"
+    (originals / "val").mkdir(parents=True)
+    (originals / "val" / "img.bin").write_bytes(b"\x01" * 12)
+
+    class Indexed:
+        """Writes an index beside its files on first use, as torchvision's ImageNet does."""
+
+        classes = ["a", "b"]
+        transform = target_transform = None
+
+        def __init__(self, root, split="val"):
+            if Path(root).resolve() == originals.resolve():
+                raise PermissionError(13, "Permission denied", str(originals / "meta.bin"))
+            (Path(root) / "meta.bin").write_text("index")
+            self.pixels = (Path(root) / split / "img.bin").read_bytes()
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.full((1, 2, 2), self.pixels[i] / 255.0), i % 2
+
+    monkeypatch.setattr(tvd, "Indexed", Indexed, raising=False)
+    monkeypatch.setattr(tvd, "__all__", (*tvd.__all__, "Indexed"))
+    data = load(registry, "torchvision", Context(cache_dir=tmp_path / "cache"),
+                **{"class": "Indexed", "split": "val", "root": str(originals)})
+    assert len(data) == 3 and all_of(data)[1].tolist() == [0, 1, 0]
+    assert not (originals / "meta.bin").exists()
+    assert list((tmp_path / "cache" / "torchvision-staging" / "Indexed").rglob("meta.bin"))

@@ -695,7 +695,8 @@ class _Labelled:
         data = getattr(dataset, "data", None)
         self.direct = direct and data is not None and str(getattr(data, "dtype", "")) in (
             "uint8", "torch.uint8") and len(getattr(data, "shape", ())) in (3, 4) \
-            and dataset.transform is None and dataset.target_transform is None
+            and getattr(dataset, "transform", None) is None \
+            and getattr(dataset, "target_transform", None) is None
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -827,11 +828,20 @@ class Torchvision(_StreamedPlugin):
             candidates = [staged] if staged is not None else []
         else:
             candidates = [r for r in roots if r.is_dir()]
+        def make(root: Path) -> Any:
+            if has_download:
+                return cls(str(root), download=False, **kwargs)
+            return cls(str(root), **kwargs)
+
         for root in candidates:
             try:
-                if has_download:
-                    return cls(str(root), download=False, **kwargs)
-                return cls(str(root), **kwargs)
+                try:
+                    return make(root)
+                except PermissionError:
+                    # a class that writes beside its files (ImageNet's meta.bin) in a
+                    # read-only folder: give it a folder in the cache linking to the files
+                    return make(_linked_copy(root, ctx.cache_dir / "torchvision-staging"
+                                             / self.class_))
             except (RuntimeError, OSError, ValueError) as exc:
                 tried.append(f"{root} ({' '.join(str(exc).split())[:120]})")
         if self.download:
@@ -900,3 +910,15 @@ class Torchvision(_StreamedPlugin):
                      h.hexdigest(), T.describe(self._steps))
         return self._stream(wrapped, name=label, num_classes=num_classes, fingerprint=fp,
                             classes=classes, transform=transform)
+
+
+def _linked_copy(root: Path, under: Path) -> Path:
+    """A folder under ``under`` (one per source folder) whose entries are symbolic links to
+    those of ``root``: a dataset class can write its index files there."""
+    stage = under / _digest(str(root.resolve()))[:16]
+    stage.mkdir(parents=True, exist_ok=True)
+    for entry in root.iterdir():
+        link = stage / entry.name
+        if not link.exists() and not link.is_symlink():
+            link.symlink_to(entry.resolve())
+    return stage
