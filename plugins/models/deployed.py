@@ -26,7 +26,7 @@ from typing import Any, Callable, ClassVar
 
 from harness import Context, Model, ModelError, ModelPlugin, ParamError
 
-from .files import _one_line, check_file, check_mean_std, check_sha256, normalizer, verify_pin
+from .files import one_line, check_file, check_mean_std, check_sha256, normalizer, verify_pin
 
 
 class DeployedModel(ModelPlugin):
@@ -91,7 +91,7 @@ class DeployedModel(ModelPlugin):
                 out = forward(probe)
             except Exception as exc:
                 raise ModelError(f"{path.name} fails on 2 images of shape {input_shape}: "
-                                 f"{type(exc).__name__}: {_one_line(exc)}",
+                                 f"{type(exc).__name__}: {one_line(exc)}",
                                  hint="check input_shape (and that the file was saved for "
                                       "this device)") from None
         if out.dim() != 2 or len(out) != 2:
@@ -159,7 +159,7 @@ class TorchScriptModel(DeployedModel):
                 module = torch.jit.load(str(path), map_location=torch.device(ctx.device))
         except Exception as exc:
             raise ModelError(f"cannot load {str(path)!r} with torch.jit.load: "
-                             f"{_one_line(exc)}",
+                             f"{one_line(exc)}",
                              hint="is it a TorchScript file (torch.jit.save)? a torch.export "
                                   "program (.pt2) is 'use: torch-export'") from None
         module.eval()
@@ -185,7 +185,7 @@ class TorchExportModel(DeployedModel):
                 program = torch.export.load(str(path))
         except Exception as exc:
             raise ModelError(f"cannot load {str(path)!r} with torch.export.load: "
-                             f"{_one_line(exc)}",
+                             f"{one_line(exc)}",
                              hint="is it a program saved with torch.export.save? a TorchScript "
                                   "file is 'use: torchscript'") from None
         if device.type != "cpu":

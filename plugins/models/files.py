@@ -160,11 +160,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, "torch.Tensor"]:
         try:
             return load_file(str(p), device="cpu")
         except Exception as exc:
-            raise ModelError(f"cannot read {str(p)!r} as safetensors: {_one_line(exc)}") from None
+            raise ModelError(f"cannot read {str(p)!r} as safetensors: {one_line(exc)}") from None
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"cannot read weights {str(p)!r}: {_one_line(exc)}",
+        raise ModelError(f"cannot read weights {str(p)!r}: {one_line(exc)}",
                          hint="the file must be a state dict saved with torch.save, or a "
                               ".safetensors file") from None
     if isinstance(state, dict):
@@ -206,10 +206,10 @@ def load_into(module: "nn.Module", state: dict[str, "torch.Tensor"], path: str |
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelError(f"weights {str(path)!r} do not fit {what}: {_one_line(exc)}") from None
+        raise ModelError(f"weights {str(path)!r} do not fit {what}: {one_line(exc)}") from None
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if len(text) > 300:
         text = text[:297] + "..."

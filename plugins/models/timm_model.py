@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from harness import Context, Model, ModelError, ModelPlugin, ParamError
 from harness.context import stable_seed
 
-from .files import (_one_line, check_file, check_mean_std, check_sha256, load_into,
+from .files import (one_line, check_file, check_mean_std, check_sha256, load_into,
                     load_state_dict_file, normalizer, verify_pin)
 
 
@@ -84,7 +84,7 @@ class TimmModel(ModelPlugin):
                 net = timm.create_model(self.model, pretrained=False, **kwargs)
         except Exception as exc:
             raise ModelError(f"timm.create_model({self.model!r}, **{kwargs}) failed: "
-                             f"{type(exc).__name__}: {_one_line(exc)}") from None
+                             f"{type(exc).__name__}: {one_line(exc)}") from None
         if self.checkpoint:
             path = Path(self.checkpoint).expanduser()
             load_into(net, load_state_dict_file(path), path, f"timm model {self.model!r}")
@@ -106,7 +106,7 @@ class TimmModel(ModelPlugin):
                 out = module(torch.zeros(2, *input_shape, device=ctx.device))
             except Exception as exc:
                 raise ModelError(f"timm model {self.model!r} fails on images of shape "
-                                 f"{input_shape}: {type(exc).__name__}: {_one_line(exc)}",
+                                 f"{input_shape}: {type(exc).__name__}: {one_line(exc)}",
                                  hint="check input_shape") from None
         if out.dim() != 2:
             raise ModelError(f"timm model {self.model!r} returns outputs of shape "
