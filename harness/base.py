@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from typing import Any, ClassVar
+import keyword
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .context import Context
 
 
 class Plugin:
@@ -16,6 +20,9 @@ class Plugin:
     each one under an attribute of the same name. Constructors must be cheap: loading data,
     training or reading weights belongs in ``load``/``run``, so that ``harness validate`` can
     build every plugin of a suite without running anything.
+
+    A parameter whose suite key is a Python keyword (``class``) is written with a trailing
+    underscore in the constructor (``class_``) and kept under that attribute.
     """
 
     kind: ClassVar[str] = "plugin"
@@ -24,20 +31,28 @@ class Plugin:
 
     @classmethod
     def parameters(cls) -> dict[str, inspect.Parameter]:
-        """The constructor's keyword parameters, by name."""
+        """The constructor's keyword parameters, by their suite key (``p.name`` is the
+        constructor's name: ``class_`` for the key ``class``)."""
         sig = inspect.signature(cls.__init__)
         return {
-            n: p for n, p in sig.parameters.items()
+            _suite_key(n): p for n, p in sig.parameters.items()
             if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         }
 
     def params(self) -> dict[str, Any]:
-        """The current value of every constructor parameter."""
+        """The current value of every constructor parameter, by constructor name."""
         out = {}
-        for n, p in self.parameters().items():
+        for p in self.parameters().values():
             default = None if p.default is inspect.Parameter.empty else p.default
-            out[n] = getattr(self, n, default)
+            out[p.name] = getattr(self, p.name, default)
         return out
+
+    def preflight(self, ctx: "Context") -> None:
+        """Cheap checks of the files this plugin will read (that they exist, that they match
+        their ``sha256`` pins), run for every plugin of a suite before its first case, so
+        that a wrong file stops the run before anything runs. Raise a
+        :class:`harness.HarnessError` (a :class:`harness.ParamError` naming the parameter
+        where one is to blame). The default checks nothing."""
 
     def config_key(self, *extra: Any) -> str:
         """A stable hash of the plugin's name, parameters and anything else given."""
@@ -48,3 +63,10 @@ class Plugin:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{self.name or type(self).__name__}({args})"
+
+
+def _suite_key(name: str) -> str:
+    """The suite key of a constructor parameter: ``class_`` -> ``class``."""
+    if name.endswith("_") and keyword.iskeyword(name[:-1]):
+        return name[:-1]
+    return name

@@ -167,7 +167,16 @@ def _collate(items: Sequence[tuple[Any, Any, int]]) -> Batch:
     import torch
 
     xs, ys, idx = zip(*items)
-    x = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in xs])
+    xs = [torch.as_tensor(v, dtype=torch.float32) for v in xs]
+    for v, i in zip(xs, idx):
+        if v.shape != xs[0].shape:
+            from .errors import DataError
+
+            raise DataError(f"image {i} has shape {list(v.shape)} and image {idx[0]} "
+                            f"{list(xs[0].shape)}: a batch needs images of one size",
+                            hint="give the dataset a transform with a fixed size, e.g. "
+                                 "[{resize: 256}, {center_crop: 224}]")
+    x = torch.stack(xs)
     y = torch.as_tensor([int(v) for v in ys], dtype=torch.long)
     return Batch(x, y, torch.as_tensor(idx, dtype=torch.long))
 
@@ -260,9 +269,31 @@ class StreamedData(DataSource):
                             batch_size=max(1, batch_size), shuffle=False, num_workers=workers,
                             collate_fn=_collate, pin_memory=pin_memory,
                             persistent_workers=False)
-        for batch in loader:
+        it = iter(loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:
+                if workers:
+                    _reraise_from_worker(exc)
+                raise
             batch.index = batch.index - self.offset
             yield batch
+
+
+def _reraise_from_worker(exc: Exception) -> None:
+    """A user error raised in a DataLoader worker reaches the main process as its whole
+    traceback in one message: raise it again as the one line it was (a DataError)."""
+    from .errors import DataError, HarnessError
+
+    text = exc.message if isinstance(exc, HarnessError) else str(exc)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if not lines or not lines[-1].startswith("harness.errors."):
+        return
+    message = lines[-1].partition(": ")[2].strip()
+    raise DataError(message or lines[-1]) from None
 
 
 class DatasetPlugin(Plugin):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -210,19 +211,22 @@ def export_suite_model(suite_path: str | Path, model_id: str, out: Path, *,
     ctx = Context(device=resolve_device(device or suite.device),
                   seed=suite.seed if seed is None else seed, data_dir=data_dir,
                   cache_dir=cache_dir or default_cache_dir(), registry=registry)
-    model = plugin.load(ctx)
-    model.name = model_id
-    gen = ctx.generator("export", model_id)
-    parts = [torch.rand(check_size, *model.input_shape, generator=gen, device="cpu")]
-    check = f"{check_size} random inputs"
+    data = None
     if suite.data is not None:
         try:
             data = ctx.dataset(suite.data.use, **suite.data.params)
         except HarnessError:
             data = None
-        if data is not None and tuple(data.input_shape) == tuple(model.input_shape):
-            parts.insert(0, data.x[:check_size])
-            check = f"{min(check_size, len(data))} images of {data.name} and {check}"
+    if data is not None:   # a model may take its input shape from the data
+        ctx = replace(ctx, input_shape=tuple(data.input_shape), num_classes=data.num_classes)
+    model = plugin.load(ctx)
+    model.name = model_id
+    gen = ctx.generator("export", model_id)
+    parts = [torch.rand(check_size, *model.input_shape, generator=gen, device="cpu")]
+    check = f"{check_size} random inputs"
+    if data is not None and tuple(data.input_shape) == tuple(model.input_shape):
+        parts.insert(0, data.head(check_size).materialize().x)
+        check = f"{min(check_size, len(data))} images of {data.name} and {check}"
     info = export_model(model, Path(out), opset=opset, dynamo=dynamo,
                         check_batch=torch.cat(parts))
     return {"suite": suite.name, "model": model_id, "check": check, **info}

@@ -131,7 +131,7 @@ def instantiate(cls: type[Plugin], params: dict[str, Any], label: str) -> Any:
                 raise ParamError(key, f"{label} needs parameter {key!r}")
             continue
         value = params[key]
-        ann = hints.get(key)
+        ann = hints.get(p.name)
         if ann is not None:
             try:
                 value = pydantic.TypeAdapter(ann).validate_python(value)
@@ -141,7 +141,7 @@ def instantiate(cls: type[Plugin], params: dict[str, Any], label: str) -> Any:
                                       f"{err['msg'].lower()}") from None
             except pydantic.PydanticSchemaGenerationError:
                 pass
-        values[key] = value
+        values[p.name] = value
     try:
         return cls(**values)
     except ParamError:

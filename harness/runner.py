@@ -16,7 +16,7 @@ import torch
 from . import transfer
 from .context import Context, ProgressFactory, default_cache_dir, resolve_device, silent_progress
 from .data import Data
-from .errors import DataError, HarnessError, ModelError
+from .errors import DataError, HarnessError, ModelError, ParamError
 from .metric import Evaluation
 from .model import Model
 from .registry import Registry
@@ -588,6 +588,7 @@ def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOption
     With ``options.resume``, continue the run already in ``store``: the cases it finished are
     taken over, the rest run. Returns the result and the exit code."""
     runner = Runner(suite, registry, options)
+    preflight(suite, runner.built, runner.ctx, options.shard)
     done = (load_resumable(store, suite, runner.seed, runner.device, options.limit,
                            options.shard) if options.resume else None)
     if baseline is not None:
@@ -609,6 +610,31 @@ def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOption
     save = _saver(suite, runner.built, store, static, baseline)
     result = runner.run(checkpoint=save, done=done)
     return result, save(result, final=True)
+
+
+def preflight(suite: Suite, built: dict[Loc, Any], ctx: Context,
+              shard: tuple[int, int] | None = None) -> None:
+    """Every plugin the run (or its shard) uses checks the files it will read (existence,
+    ``sha256`` pins: :meth:`harness.Plugin.preflight`) before the first case; a failure is
+    a :class:`SuiteError` on the plugin's line, and nothing runs."""
+    plan = suite.cases(shard)
+    tests = {i for i, _, _ in plan}
+    models = {mid for _, _, mid in plan if mid != BASELINE}
+    for i, test, _ in plan:
+        if test.transfer is not None:
+            models.update(test.targets(list(suite.models)))
+    for loc, plugin in built.items():
+        if (loc[0] == "models" and loc[1] not in models) or \
+                (loc[0] == "tests" and loc[1] not in tests) or \
+                (loc == ("data",) and all(suite.tests[i].data is not None for i in tests)):
+            continue
+        try:
+            plugin.preflight(ctx)
+        except ParamError as exc:
+            raise suite.error(loc + ((exc.param,) if exc.param else ()), exc.message,
+                              hint=exc.hint) from None
+        except HarnessError as exc:
+            raise suite.error(loc, exc.message, hint=exc.hint) from None
 
 
 def _plugins_used(registry: Registry, built: dict[Loc, Any]) -> list[dict[str, str]]:

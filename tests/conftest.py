@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
     """Tests marked slow run only with --run-slow (or when -m selects them)."""
     if config.getoption("--run-slow") or "slow" in (config.getoption("markexpr") or ""):
         return
-    skip = pytest.mark.skip(reason="trains on all of MNIST; run with --run-slow")
+    skip = pytest.mark.skip(reason="trains on a whole dataset (minutes); run with --run-slow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

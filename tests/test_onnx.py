@@ -410,9 +410,11 @@ def test_runs_on_the_cpu_provider_here(registry, small):
 # ------------------------------------------------------------------------ errors
 
 def test_missing_and_unreadable_files(registry, tmp_path):
-    with pytest.raises(ModelError, match="not found"):
+    # a missing file is caught when the suite is checked (harness validate), on its line
+    with pytest.raises(ParamError, match="not found") as info:
         load_onnx(registry, tmp_path / "nope.onnx")
-    with pytest.raises(ModelError, match="is a folder"):
+    assert info.value.param == "path"
+    with pytest.raises(ParamError, match="is a folder"):
         load_onnx(registry, tmp_path)
     junk = tmp_path / "junk.onnx"
     junk.write_text("this is not a protobuf\n" * 10)

@@ -44,10 +44,11 @@ def test_weights_file_and_normalization(registry, tmp_path):
 
 
 def test_errors(registry, tmp_path):
-    with pytest.raises(ModelError, match="not found"):
+    with pytest.raises(ParamError, match="not found") as missing:   # caught by validate
         load(registry, weights=str(tmp_path / "missing.pt"))
+    assert missing.value.param == "weights"
     (tmp_path / "bad.pt").write_text("not a state dict")
-    with pytest.raises(ModelError, match="cannot load weights"):
+    with pytest.raises(ModelError, match="cannot read weights"):
         load(registry, weights=str(tmp_path / "bad.pt"))
     with pytest.raises(ParamError, match="cannot import"):
         load(registry, factory="no_such_module:make")

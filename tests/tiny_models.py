@@ -47,3 +47,14 @@ def not_a_module() -> str:
 def default_init(width: int = 16) -> nn.Module:
     """Layers with torch's default (global-generator) initialization."""
     return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(), nn.Linear(width, 10))
+
+
+def small_conv(classes: int = 4, seed: int = 0) -> nn.Module:
+    """A fixed random conv net on 3x8x8 images (a conv layer, ReLU, a linear layer)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, classes))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return model

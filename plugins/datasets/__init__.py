@@ -1,4 +1,5 @@
-"""Built-in datasets: MNIST (torchvision's loader) and scikit-learn's bundled 8x8 digits."""
+"""Built-in datasets: MNIST (torchvision's loader), scikit-learn's bundled 8x8 digits, and
+(in :mod:`.generic`) torchvision's datasets, image folders, tensor files and synthetic images."""
 
 from __future__ import annotations
 
@@ -154,3 +155,9 @@ class Digits(DatasetPlugin):
 def register_datasets(register):
     register("mnist", MNIST)
     register("digits", Digits)
+    from .generic import ImageFolder, Synthetic, Tensors, Torchvision
+
+    register("torchvision", Torchvision)
+    register("image-folder", ImageFolder)
+    register("tensors", Tensors)
+    register("synthetic", Synthetic)

@@ -63,6 +63,8 @@ from torch import nn
 from harness import Context, Model, ModelError, ModelPlugin, ParamError
 from harness.context import stable_seed
 
+from .files import check_file, check_mean_std, check_sha256, verify_pin
+
 log = logging.getLogger(__name__)
 
 GRADIENT_MODES = ("auto", "convert", "finite-differences", "spsa", "none")
@@ -379,9 +381,11 @@ class OnnxModel(ModelPlugin):
 
     Parameters: ``path`` the ``.onnx`` file; ``input_name``/``output_name`` which graph
     input/output to use (default: the only input, the first output); ``input_shape`` the
-    shape of one image, needed only where the graph leaves dimensions open; ``num_classes``
-    (default: the output's size, or a test run's); ``mean``, ``std`` per-channel
-    normalization applied before the graph, so that the harness's inputs stay in [0, 1];
+    shape of one image, needed only where the graph leaves dimensions open (default there:
+    the shape of the data the model is fed); ``num_classes`` (default: the output's size);
+    ``mean``, ``std`` per-channel normalization applied before the graph, so that the
+    harness's inputs stay in [0, 1] (``imagenet`` for torchvision's ImageNet statistics);
+    ``sha256`` the file's digest, checked before anything runs;
     ``gradients`` auto, convert, finite-differences, spsa or none; ``tolerance`` the
     relative logit difference a converted module may have from onnxruntime
     (``max |diff| <= tolerance * max(1, max |logit|)``); ``fd_step`` the perturbation per
@@ -393,8 +397,8 @@ class OnnxModel(ModelPlugin):
 
     def __init__(self, *, path: str, input_name: str | None = None,
                  output_name: str | None = None, input_shape: list[int] | None = None,
-                 num_classes: int | None = None, mean: list[float] | None = None,
-                 std: list[float] | None = None,
+                 num_classes: int | None = None, mean: list[float] | str | None = None,
+                 std: list[float] | str | None = None, sha256: str | None = None,
                  gradients: Literal["auto", "convert", "finite-differences", "spsa",
                                     "none"] = "auto",
                  tolerance: float = 1e-4, fd_step: float = 1e-2, spsa_samples: int = 64):
@@ -411,15 +415,7 @@ class OnnxModel(ModelPlugin):
             input_shape = list(input_shape)
         self.input_shape = input_shape
         self.num_classes = _positive_int("num_classes", num_classes, allow_none=True)
-        if (mean is None) != (std is None):
-            raise ParamError("mean" if mean is None else "std",
-                             "give both mean and std, or neither")
-        if mean is not None and std is not None:
-            if not mean or len(mean) != len(std):
-                raise ParamError("std", f"mean and std need the same number of values "
-                                        f"(one per channel), not {len(mean)} and {len(std)}")
-            if any(not isinstance(s, (int, float)) or not s > 0 for s in std):
-                raise ParamError("std", "std values must be positive")
+        mean, std = check_mean_std(mean, std)
         self.mean = mean
         self.std = std
         if gradients not in GRADIENT_MODES:
@@ -431,6 +427,12 @@ class OnnxModel(ModelPlugin):
         if self.fd_step >= 0.5:
             raise ParamError("fd_step", f"fd_step {fd_step} is too large for inputs in [0, 1]")
         self.spsa_samples = _positive_int("spsa_samples", spsa_samples)
+        self.sha256 = check_sha256(sha256)
+        check_file("path", self.path, "ONNX file")
+
+    def preflight(self, ctx: Context) -> None:
+        """The file's ``sha256`` pin, checked before anything runs."""
+        verify_pin(self.path, self.sha256)
 
     # ------------------------------------------------------------------ load
 
@@ -445,7 +447,7 @@ class OnnxModel(ModelPlugin):
         if device.type == "cuda" and not graph.on_gpu:
             log.warning("onnxruntime has no CUDA provider here (install onnxruntime-gpu): "
                         "%s runs on the CPU", path.name)
-        input_shape = self._input_shape(graph, path)
+        input_shape = self._input_shape(graph, path, ctx)
         normalize = self._normalize(input_shape, path)
         if normalize is not None:
             normalize = normalize.to(device)
@@ -498,9 +500,13 @@ class OnnxModel(ModelPlugin):
         self._describe(model, graph, method, note)
         return model
 
-    def _input_shape(self, graph: OrtGraph, path: Path) -> list[int]:
+    def _input_shape(self, graph: OrtGraph, path: Path, ctx: Context | None = None) -> list[int]:
         dims = graph.dims
         given = self.input_shape
+        if given is None and any(d is None for d in dims) and ctx is not None \
+                and ctx.input_shape is not None and len(ctx.input_shape) == len(dims) \
+                and all(d is None or d == s for d, s in zip(dims, ctx.input_shape)):
+            given = list(ctx.input_shape)     # open dims: the shape of the data it is fed
         if given is not None:
             if len(given) != len(dims) or any(d is not None and d != s
                                               for d, s in zip(dims, given)):

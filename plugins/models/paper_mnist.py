@@ -147,6 +147,18 @@ class TrainedClassifier(ModelPlugin):
 
     # --- shared machinery -------------------------------------------------------------
 
+    #: parameters added after the first models were cached, with their defaults: left out
+    #: of :meth:`params` while at the default, so the cache keys and random streams (which
+    #: hash the parameters) of the models that do not use them stay what they were
+    LATER_PARAMS: ClassVar[dict[str, Any]] = {}
+
+    def params(self) -> dict[str, Any]:
+        out = super().params()
+        for name, default in self.LATER_PARAMS.items():
+            if out.get(name) == default:
+                del out[name]
+        return out
+
     def params_id(self) -> str:
         """The parameters as one stable string (keys the random streams)."""
         return json.dumps(self.params(), sort_keys=True, default=str)
@@ -167,7 +179,7 @@ class TrainedClassifier(ModelPlugin):
         })
 
     def load(self, ctx: Context) -> Model:
-        data = self.training_data(ctx)
+        data = self.training_data(ctx).materialize()   # training reads the whole set
         device = torch.device(ctx.device)
         label = self.label(data)
         module = self.build(data, ctx.generator(self.name, "init", self.params_id()))
@@ -212,9 +224,6 @@ class PaperMNIST(TrainedClassifier):
 
     name: ClassVar[str] = "paper-mnist"
 
-    #: parameters added after the first models were cached, with their defaults: left out
-    #: of :meth:`params` while at the default, so the cache keys and random streams (which
-    #: hash the parameters) of the models that do not use them stay what they were
     LATER_PARAMS: ClassVar[dict[str, Any]] = {"conv": []}
 
     def __init__(self, *, conv: Sequence[int] = (), hidden: Sequence[int] = (),
@@ -259,13 +268,6 @@ class PaperMNIST(TrainedClassifier):
         if isinstance(ae_weight_decay, (list, tuple)):
             raise ParamError("ae_weight_decay", "ae_weight_decay must be one number")
         self.ae_weight_decay = float(ae_weight_decay)
-
-    def params(self) -> dict[str, Any]:
-        out = super().params()
-        for name, default in self.LATER_PARAMS.items():
-            if out.get(name) == default:
-                del out[name]
-        return out
 
     def num_weight_layers(self) -> int:
         return len(self.conv) + len(self.hidden) + 1
@@ -323,21 +325,7 @@ class PaperMNIST(TrainedClassifier):
 
     def build_conv(self, data: Data, generator: torch.Generator) -> nn.Sequential:
         """Conv/ReLU/pool blocks, Flatten, the ReLU hidden layers, the output layer."""
-        if len(data.input_shape) != 3:
-            raise ModelError(f"a conv net needs images [C, H, W], not inputs of shape "
-                             f"{list(data.input_shape)}")
-        channels, height, width = data.input_shape
-        for _ in self.conv:
-            height, width = height // 2, width // 2
-        if height < 1 or width < 1:
-            raise ModelError(f"{len(self.conv)} conv layers (each halving the image) are too "
-                             f"many for {data.input_shape[1]}x{data.input_shape[2]} images",
-                             hint="use fewer conv layers")
-        layers = conv_layers(channels, self.conv, CONV_KERNEL, generator)
-        layers.append(nn.Flatten())
-        features = self.conv[-1] * height * width
-        layers += mlp_layers(features, self.hidden, data.num_classes, "relu", generator)
-        return nn.Sequential(*layers)
+        return conv_net(data, self.conv, self.hidden, generator)
 
     def fit(self, module: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ctx: Context,
             label: str) -> dict[str, Any]:
@@ -357,19 +345,45 @@ class PaperMNIST(TrainedClassifier):
                 "autoencoder_loss": ae_result.loss}
 
 
+def conv_net(data: Data, conv: Sequence[int], hidden: Sequence[int],
+             generator: torch.Generator) -> nn.Sequential:
+    """Conv/ReLU/pool blocks (5x5, padded, 2x2 max-pooling), Flatten, the ReLU hidden layers,
+    the output layer, for the images of ``data``."""
+    if len(data.input_shape) != 3:
+        raise ModelError(f"a conv net needs images [C, H, W], not inputs of shape "
+                         f"{list(data.input_shape)}")
+    channels, height, width = data.input_shape
+    for _ in conv:
+        height, width = height // 2, width // 2
+    if height < 1 or width < 1:
+        raise ModelError(f"{len(conv)} conv layers (each halving the image) are too "
+                         f"many for {data.input_shape[1]}x{data.input_shape[2]} images",
+                         hint="use fewer conv layers")
+    layers = conv_layers(channels, conv, CONV_KERNEL, generator)
+    layers.append(nn.Flatten())
+    features = conv[-1] * height * width
+    layers += mlp_layers(features, hidden, data.num_classes, "relu", generator)
+    return nn.Sequential(*layers)
+
+
 class MLP(TrainedClassifier):
     """A fully connected classifier trained on any dataset plugin (default: scikit-learn's
     digits), on first use and cached; for small offline suites.
 
     Parameters: ``train`` the training data as a dataset spec (``use`` plus that plugin's
-    parameters); ``hidden`` layer widths; ``activation`` relu or sigmoid; ``weight_decay``
-    one lambda or one per weight layer; ``optimizer``, ``epochs``, ``lr``, ``batch_size`` as
-    for ``paper-mnist``. Input shape and class count come from the data.
+    parameters); ``hidden`` layer widths; ``activation`` relu or sigmoid; ``conv`` channels
+    of 5x5 convolutions in front, each with a ReLU and 2x2 max-pooling, as ``paper-mnist``'s
+    conv nets (the hidden layers are then ReLU, trained by Adam with the conv nets'
+    calibrated schedule); ``weight_decay`` one lambda or one per weight layer, convolutions
+    first; ``optimizer``, ``epochs``, ``lr``, ``batch_size`` as for ``paper-mnist``. Input
+    shape and class count come from the data.
     """
 
     name: ClassVar[str] = "mlp"
+    LATER_PARAMS: ClassVar[dict[str, Any]] = {"conv": []}
 
     def __init__(self, *, train: Mapping[str, Any] | None = None, hidden: Sequence[int] = (),
+                 conv: Sequence[int] = (),
                  activation: Literal["relu", "sigmoid"] = "relu",
                  weight_decay: float | list[float] = 0.0,
                  optimizer: Literal["auto", "adam", "lbfgs"] = "auto",
@@ -381,9 +395,10 @@ class MLP(TrainedClassifier):
                              hint="for example {use: digits, split: train}")
         self.train = spec
         self.hidden = check_hidden(hidden)
+        self.conv = check_widths("conv", conv, "conv channel counts")
         check_choice("activation", activation, tuple(ACTIVATIONS))
         self.activation = activation
-        self.weight_decay = check_weight_decay(weight_decay, len(self.hidden) + 1)
+        self.weight_decay = check_weight_decay(weight_decay, self.num_weight_layers())
         _check_common(optimizer=optimizer, epochs=epochs, lr=lr, batch_size=batch_size)
         self.optimizer = optimizer
         self.epochs = epochs
@@ -394,11 +409,29 @@ class MLP(TrainedClassifier):
         params = dict(self.train)
         return ctx.dataset(params.pop("use"), **params)
 
+    def num_weight_layers(self) -> int:
+        return len(self.conv) + len(self.hidden) + 1
+
+    def convex(self) -> bool:
+        return not self.hidden and not self.conv
+
+    def schedule(self, num_examples: int) -> Schedule:
+        if not self.conv:
+            return super().schedule(num_examples)
+        return Schedule.resolve(self.optimizer, self.epochs, self.lr, self.batch_size,
+                                convex=False, num_examples=num_examples,
+                                default_epochs={"adam": CONV_EPOCHS},
+                                default_lr={"adam": CONV_LR}, min_steps=CONV_MIN_STEPS)
+
     def label(self, data: Data) -> str:
         widths = "-".join(str(w) for w in self.hidden + [data.num_classes])
+        if self.conv:
+            return "Conv" + "-".join(str(c) for c in self.conv) + f"-FC{widths}"
         return f"MLP{widths}" + (f"({self.activation})" if self.hidden else "")
 
     def build(self, data: Data, generator: torch.Generator) -> nn.Sequential:
+        if self.conv:
+            return conv_net(data, self.conv, self.hidden, generator)
         features = math.prod(data.input_shape)
         return nn.Sequential(nn.Flatten(), *mlp_layers(features, self.hidden, data.num_classes,
                                                        self.activation, generator))
