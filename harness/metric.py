@@ -42,3 +42,8 @@ class Metric(Plugin):
 
     def compute(self, ev: Evaluation) -> float | None:
         raise NotImplementedError
+
+    def count(self, ev: Evaluation) -> int | None:
+        """How many images the value of :meth:`compute` is taken over (recorded as ``n``;
+        a mean over no images is shown as "n=0"); None: all the evaluation's images."""
+        return None
