@@ -54,6 +54,8 @@ class TorchModel(ModelPlugin):
     forward pass when not given.
     """
 
+    code_params = ("factory",)  # the factory is code the suite makes the harness run
+
     def __init__(self, *, factory: str, input_shape: list[int], kwargs: dict[str, Any] | None = None,
                  weights: str | None = None, num_classes: int | None = None,
                  mean: list[float] | None = None, std: list[float] | None = None):
