@@ -260,6 +260,8 @@ class Runner:
         assert spec is not None
         try:
             data = self.ctx.dataset(spec.use, **spec.params)
+        except PluginCrash:  # names the plugin already; its traceback goes to errors.log
+            raise
         except HarnessError as exc:
             raise type(exc)(f"{self._where(loc)}{exc.message}", hint=exc.hint) from None
         # held in memory until the cases stream their batches

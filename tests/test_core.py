@@ -7,8 +7,7 @@ import torch
 
 import tiny_models
 from harness import (Attack, AttackResult, Context, HarnessError, Model, ModelError, ParamError,
-                     PluginError,
-                     check_target, choose_targets, resolve_device)
+                     PluginError, check_target, choose_targets, resolve_device)
 from harness_plugins.attacks.noise import GaussianNoise
 
 

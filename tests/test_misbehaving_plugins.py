@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from harness import Attack, AttackResult, ModelPlugin, PluginError, hookimpl
+from harness import Attack, AttackResult, DatasetPlugin, ModelPlugin, PluginError, hookimpl
 from harness.cli import main
 from harness.plugins import make_plugin_manager
 from harness.registry import Registry
@@ -110,7 +110,15 @@ class KindModel(ModelPlugin):
         return tiny_model()
 
 
+class BrokenData(DatasetPlugin):
+    """A dataset whose loading code crashes."""
+
+    def load(self, ctx):
+        raise KeyError("labels")
+
+
 plugin = types.SimpleNamespace(
+    register_datasets=hookimpl(lambda register: register("broken-data", BrokenData)),
     register_attacks=hookimpl(lambda register: [
         register("exits", ExitingAttack), register("nan-images", NanAttack),
         register("bare", BareAttack), register("fails-never", FailsNever)]),
@@ -144,6 +152,23 @@ tests:
     assert errors[("bad", "near")].startswith("attack plugin 'exits' (module test_misbehaving_plugins) raised "
                                               "SystemExit while attacking model 'near': "
                                               "exit status 4")
+
+
+def test_a_dataset_that_crashes_fails_only_its_tests(registry, tmp_path):
+    code, results = run_suite_text(f"""\
+name: data-crash
+{DIGITS}models:
+  near: {NEAR}
+tests:
+  - name: bad
+    data: broken-data
+  - name: good
+""", tmp_path, registry)
+    assert code == 1 and set(results["test"]) == {"good"}
+    assert case_errors(tmp_path)[("bad", "near")] == (
+        "dataset plugin 'broken-data' (module test_misbehaving_plugins) raised KeyError while "
+        "loading data: 'labels'; a bug in that plugin or in the code it calls")
+    assert "KeyError" in (tmp_path / "run" / "errors.log").read_text()
 
 
 # ------------------------------------------------------------------ item 9: NaN logits

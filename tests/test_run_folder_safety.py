@@ -98,8 +98,8 @@ def test_run_folder_files_get_the_umask_mode(runs, tmp_path, capsys, umask, mode
     finally:
         os.umask(old)
     files = [p for p in folder.rglob("*") if p.is_file()]
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == \
+        {p.name: oct(mode) for p in files}
     assert {"summary.json", "results.csv", "suite.yaml", "report.md", "report.html",
             ".lock"} <= {p.name for p in files}
     assert any(p.suffix == ".png" for p in files) and any(p.suffix == ".npz" for p in files)
-    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == \
-        {p.name: oct(mode) for p in files}

@@ -5,7 +5,6 @@ the numbers of an uninterrupted run; two runs never write one folder at once."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess

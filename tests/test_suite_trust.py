@@ -3,9 +3,6 @@ get one line, and the code a suite makes the harness import is listed and can be
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from harness.cli import main
@@ -92,7 +89,7 @@ def make():
 
 
 @pytest.fixture
-def hostile(tmp_path, monkeypatch, env_with_tests_on_path):
+def hostile(tmp_path, monkeypatch):
     """A suite whose factory module writes a marker file when imported."""
     (tmp_path / "marker_module.py").write_text(MARKER)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -9,9 +9,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ..errors import HarnessError
 from ..store import RunStore
-from ..suite import Suite, parse_suite, metric_specs
+from ..suite import Suite, metric_specs
 
 PERCENT_SUFFIXES = ("_error", "_rate")
 
