@@ -237,9 +237,9 @@ class Attack(Plugin):
                                hint="a bug in that attack plugin")
 
         if not isinstance(res, AttackResult):
-            raise fail(f"a {type(res).__module__}.{type(res).__qualname__}"
-                       if not isinstance(res, torch.Tensor) else "a bare tensor",
-                       "a harness.AttackResult(x_adv=..., success=...)")
+            got = ("None" if res is None else "a bare tensor" if isinstance(res, torch.Tensor)
+                   else f"a {type(res).__module__}.{type(res).__qualname__}")
+            raise fail(got, "a harness.AttackResult(x_adv=..., success=...)")
         if not isinstance(res.x_adv, torch.Tensor) or not res.x_adv.is_floating_point():
             raise fail(f"x_adv of type {type(res.x_adv).__name__}"
                        + (f" ({res.x_adv.dtype})" if isinstance(res.x_adv, torch.Tensor) else ""),

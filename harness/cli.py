@@ -418,12 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         _err(f"error: {exc.format_message()}")
         code = 2
-    except click.exceptions.Abort:
-        _err("interrupted")
-        code = 130
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a run (Interrupted)
-        _err("terminated" if getattr(exc, "signum", None) == signal.SIGTERM else "interrupted")
-        code = getattr(exc, "exit_code", 130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # Ctrl-C, or a stop signal (Interrupted), which click turns into Abort when it escapes
+        # a command before the run could catch it
+        cause = exc if isinstance(exc, KeyboardInterrupt) else (exc.__cause__ or exc.__context__)
+        _err("terminated" if getattr(cause, "signum", None) == signal.SIGTERM else "interrupted")
+        code = getattr(cause, "exit_code", 130)
     except Exception as exc:  # a bug: one line, the traceback on request
         if os.environ.get("HARNESS_DEBUG"):
             raise

@@ -114,6 +114,23 @@ def test_a_stop_signal_saves_marks_prints_and_resumes(tmp_path, env, uninterrupt
     pd.testing.assert_frame_equal(results_without_time(folder), whole)
 
 
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"),
+                                           (signal.SIGINT, 130, "interrupted")])
+def test_a_stop_signal_before_the_run_starts_keeps_its_exit_code(write_suite, monkeypatch,
+                                                                 capsys, sig, code, word):
+    """Stopped while the suite loads (before the run folder exists): 143 for SIGTERM, not the
+    130 that click's Abort would make of any interrupt."""
+    import harness.plugins
+    from harness.errors import Interrupted
+
+    def stopped():
+        raise Interrupted(sig)
+
+    monkeypatch.setattr(harness.plugins, "default_registry", stopped)
+    assert main(["run", str(write_suite(SUITE)), "-q"]) == code
+    assert capsys.readouterr().err.strip().splitlines()[-1] == word
+
+
 def test_a_kill_before_the_first_case_finished_resumes(tmp_path, env, uninterrupted,
                                                        monkeypatch):
     suite, whole = uninterrupted(SLOW_FIRST)
