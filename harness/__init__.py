@@ -4,7 +4,14 @@ The public API for plugin authors: the hook marker, the base classes and the typ
 exchange. Everything else in the package is the harness's own machinery.
 """
 
-from .analysis import Analysis, AnalysisResult
+import os as _os
+
+# onnxruntime (ONNX models, export checks) otherwise writes a device id and a telemetry
+# database under ~/.cache/Microsoft/DeveloperTools on every model load, which fails or
+# litters where the home folder is read-only (CI); it reads this before it is imported
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+from .analysis import Analysis, AnalysisResult  # noqa: E402
 from .attack import Attack, AttackResult, check_target, choose_targets
 from .base import Plugin
 from .context import Context, resolve_device

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from .base import Plugin
-from .errors import ParamError
+from .base import Plugin, blame, plugin_label
+from .errors import ModelError, ParamError, PluginCrash, PluginError
 
 if TYPE_CHECKING:
     from .context import Context
@@ -48,6 +48,16 @@ class AttackResult:
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
     failure: list[str] | None = None
+    #: which images distortion metrics average over: "success" (the images where the attack
+    #: reached its goal, the paper's convention) or "all" (attacks without a goal, such as
+    #: noise); filled in by :class:`Attack` from :attr:`Attack.distortion_over`
+    distortion_over: str = "success"
+
+    def measured(self) -> torch.Tensor:
+        """The mask of images distortion metrics average over (see ``distortion_over``)."""
+        if self.distortion_over == "all":
+            return torch.ones_like(self.success)
+        return self.success
 
     @property
     def targeted(self) -> bool:
@@ -74,7 +84,8 @@ class AttackResult:
             linf=cat("linf"),
             seconds=sum(p.seconds for p in parts), info=info,
             failure=(None if any(p.failure is None for p in parts)
-                     else [f for p in parts for f in p.failure]))
+                     else [f for p in parts for f in p.failure]),
+            distortion_over=parts[0].distortion_over)
 
 
 TARGET_MODES = ("next", "random", "least-likely")
@@ -129,6 +140,10 @@ class Attack(Plugin):
     sweep: ClassVar[str | None] = None
     #: whether the attack needs gradients of the model
     needs_gradients: ClassVar[bool] = True
+    #: which images distortion metrics average over: "success" (where the attack reached its
+    #: goal) or "all" (an attack without a goal, such as noise: its size is what it is on
+    #: every image, and "success" would only say where the model happened to err)
+    distortion_over: ClassVar[str] = "success"
     #: failure code (see :attr:`AttackResult.failure`) -> what it means and which parameter to
     #: change, shown in reports next to a success rate below 100%
     failure_advice: ClassVar[dict[str, str]] = {}
@@ -177,32 +192,50 @@ class Attack(Plugin):
         with ctx.progress(f"{self.name or type(self).__name__} on {model.name or 'model'}",
                           len(x), "img") as bar:
             i = 0
+            k = 0
             while i < len(x):
+                k += 1
+                batches = k - 1 + max(1, -(-(len(x) - i) // bs))
                 xb, yb = x[i:i + bs], y[i:i + bs]
                 bctx = replace(ctx, position=ctx.position + i) if i else ctx
                 if xb.is_cuda:
                     torch.cuda.synchronize(xb.device)
+                model.clear_nonfinite()
                 t0 = time.perf_counter()
                 try:
-                    res = self.run(model, xb, yb, bctx)
-                except OUT_OF_MEMORY:
-                    if bs <= 1:
+                    with blame(self, f"attacking model {model.name!r}"):
+                        res = self.run(model, xb, yb, bctx)
+                except PluginCrash as exc:
+                    if not isinstance(exc.original, OUT_OF_MEMORY) or bs <= 1:
                         raise
                     # the batch did not fit in the device's memory: retry it at half the size,
                     # and keep that size for the rest of the run (reported with the results)
                     bs = max(1, bs // 2)
                     self.effective_batch_size = bs
+                    k -= 1
                     if xb.is_cuda:
                         torch.cuda.empty_cache()
                     continue
                 if xb.is_cuda:
                     torch.cuda.synchronize(xb.device)
-                res = replace(res, seconds=time.perf_counter() - t0)
-                self._check(res, xb)
+                seconds = time.perf_counter() - t0
+                first = ctx.position + i
+                when = (f"batch {k} of {batches}, images {first} to {first + len(xb) - 1}"
+                        if batches > 1 else f"images {first} to {first + len(xb) - 1}")
+                if model.saw_nonfinite():  # one check per batch, not per forward pass
+                    raise ModelError(
+                        f"model {model.name!r} returned NaN or infinite logits during the "
+                        f"attack on perturbed inputs: {plugin_label(self)}, {when}",
+                        hint="its outputs are not finite for inputs near the data; check its "
+                             "weights, its input normalization and operations such as log or "
+                             "division")
+                self._check(res, xb, when)
+                res = replace(res, seconds=seconds)
                 parts.append(res)
                 bar.update(len(xb))
                 i += len(xb)
         res = AttackResult.concat(parts) if len(parts) != 1 else parts[0]
+        res.distortion_over = type(self).distortion_over
         r = (res.x_adv - x).flatten(1)
         n = r.shape[1]
         res.l2 = r.norm(dim=1)
@@ -217,15 +250,44 @@ class Attack(Plugin):
             res.forward_evals = zeros
         return res
 
-    def _check(self, res: AttackResult, x: torch.Tensor) -> None:
-        where = f"attack {self!r}"
+    def _check(self, res: Any, x: torch.Tensor, when: str = "") -> None:
+        """What :meth:`run` returned must be an :class:`AttackResult` with finite images of
+        the inputs' shape, on their device, in the box (for attacks that stay in it), and a
+        boolean success mask: else a :class:`PluginError` naming the attack."""
+        where = plugin_label(self)
+        at = f" ({when})" if when else ""
+
+        def fail(what: str, expected: str) -> PluginError:
+            return PluginError(f"{where} returned {what}{at}; expected {expected}",
+                               hint="a bug in that attack plugin")
+
+        if not isinstance(res, AttackResult):
+            got = ("None" if res is None else "a bare tensor" if isinstance(res, torch.Tensor)
+                   else f"a {type(res).__module__}.{type(res).__qualname__}")
+            raise fail(got, "a harness.AttackResult(x_adv=..., success=...)")
+        if not isinstance(res.x_adv, torch.Tensor) or not res.x_adv.is_floating_point():
+            raise fail(f"x_adv of type {type(res.x_adv).__name__}"
+                       + (f" ({res.x_adv.dtype})" if isinstance(res.x_adv, torch.Tensor) else ""),
+                       "a floating-point tensor")
         if res.x_adv.shape != x.shape:
-            raise RuntimeError(f"{where} returned x_adv of shape {tuple(res.x_adv.shape)} "
-                               f"for inputs {tuple(x.shape)}")
+            raise fail(f"x_adv of shape {tuple(res.x_adv.shape)}",
+                       f"the inputs' shape {tuple(x.shape)}")
         if res.x_adv.device != x.device:
-            raise RuntimeError(f"{where} returned x_adv on {res.x_adv.device}, not {x.device}")
-        if res.success.shape != (len(x),) or res.success.dtype != torch.bool:
-            raise RuntimeError(f"{where} returned a success mask that is not bool [{len(x)}]")
+            raise fail(f"x_adv on {res.x_adv.device}", f"the inputs' device {x.device}")
+        if not isinstance(res.success, torch.Tensor) or res.success.shape != (len(x),) \
+                or res.success.dtype != torch.bool:
+            got = (f"a success mask of {res.success.dtype} {tuple(res.success.shape)}"
+                   if isinstance(res.success, torch.Tensor)
+                   else f"success of type {type(res.success).__name__}")
+            raise fail(got, f"a bool tensor of shape ({len(x)},)")
+        if res.success.device != x.device:
+            raise fail(f"a success mask on {res.success.device}", f"the inputs' device {x.device}")
+        finite = torch.isfinite(res.x_adv.flatten(1)).all(1) if len(x) else None
+        if finite is not None and not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise fail(f"images with NaN or infinite pixels ({bad} of {len(x)})",
+                       "finite images" + (" in [0, 1]" if self.stays_in_box else ""))
         if self.stays_in_box and len(x) and (res.x_adv.min() < -BOX_TOL
                                              or res.x_adv.max() > 1 + BOX_TOL):
-            raise RuntimeError(f"{where} left the [0, 1] box")
+            raise fail(f"images outside [0, 1] (from {float(res.x_adv.min()):.4g} to "
+                       f"{float(res.x_adv.max()):.4g})", "images in the [0, 1] box")

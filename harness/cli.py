@@ -1,21 +1,25 @@
 """The command line: parse arguments, call the core, print, and turn errors into exit codes.
 
 Exit codes: 0 all good; 1 a gate failed or a test errored (the others still ran and were
-written); 2 invalid input (suite, arguments, missing files, unknown plugin, a broken model);
-130 interrupted.
+written); 2 invalid input (suite, arguments, missing or malformed files, unknown plugin, a
+broken model); 130 interrupted (SIGINT, Ctrl-C); 143 terminated (SIGTERM). Either signal
+stops a run the same way: what finished is saved, the run is marked interrupted, and the
+command to resume it is printed.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import click
 
-from .errors import HarnessError
+from .errors import HarnessError, Interrupted
 
 KINDS = ("model", "dataset", "attack", "metric", "analysis")
 
@@ -34,6 +38,39 @@ def _tqdm_progress(desc: str, total: int | None = None, unit: str = "it") -> Ite
         yield bar
     finally:
         bar.close()
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM while a run or a merge works: the first raises
+    :class:`~harness.errors.Interrupted` in the main thread (the runner saves what finished
+    and marks the run interrupted); later ones, and any once :meth:`defer` was called (the
+    run is saved), are only noted, so that saving and reporting finish."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.deferred = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None and not self.deferred:
+            self.received = signum
+            raise Interrupted(signum)
+        self.received = self.received or signum
+
+    def defer(self) -> None:
+        self.deferred = True
 
 
 def _parse_shard(ctx: click.Context, param: click.Parameter,
@@ -93,17 +130,32 @@ def plugins(kind: str | None) -> int:
     return 0
 
 
+_NO_CODE_HELP = ("Refuse a suite that names code to import and run (a model factory such as "
+                 "'package.module:callable'), before anything is imported; "
+                 "$HARNESS_ALLOW_FACTORIES=pkg1,pkg2 allows those packages only.")
+
+
 @cli.command()
 @click.argument("suite")
-def validate(suite: str) -> int:
+@click.option("--no-code", is_flag=True, help=_NO_CODE_HELP)
+def validate(suite: str, no_code: bool) -> int:
     """Check SUITE (a YAML file or a bundled suite's name) without running it: the schema,
-    every plugin and its parameters."""
+    every plugin and its parameters; list the code it would import and call."""
     from .plugins import default_registry
     from .suite import load_suite
 
-    s = load_suite(suite, default_registry())
+    s = load_suite(suite, default_registry(), no_code=no_code)
     click.echo(f"{suite}: valid ({len(s.models)} model(s), {len(s.tests)} test(s), "
                f"{len(s.cases())} case(s), {len(s.gates)} gate(s))")
+    if s.code:
+        click.echo("code it imports and calls when it runs (a suite is code: run it only if "
+                   "you would run its code):")
+        for ref in s.code:
+            where = f"line {ref.line}: " if ref.line else ""
+            field = ".".join(str(p) for p in ref.loc)
+            click.echo(f"  {where}{field}: {ref.module} -> {ref.target} ({ref.plugin})")
+    else:
+        click.echo("code it imports and calls: none beyond the installed plugins")
     return 0
 
 
@@ -134,14 +186,26 @@ def validate(suite: str) -> int:
               help="Also write JUnit XML here (one testcase per case and per gate).")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads for torch (default: torch's choice, one per core).")
+@click.option("--no-code", is_flag=True, help=_NO_CODE_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; tables only.")
 def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
         baseline: Path | None, reuse: Path | None, resume: Path | None,
         shard: tuple[int, int] | None, junit: Path | None, threads: int | None,
-        quiet: bool) -> int:
+        no_code: bool, quiet: bool) -> int:
     """Run SUITE (a YAML file, or the name of a bundled suite; default: quickstart), print its
-    tables and write its run folder."""
+    tables and write its run folder. SIGINT or SIGTERM stops it: what finished is saved and
+    the command that finishes it is printed (exit 130 or 143)."""
+    with _StopSignals() as stops:
+        return _run(suite, out, device, data_dir, limit, seed, no_cache, cache_dir, baseline,
+                    reuse, resume, shard, junit, threads, no_code, quiet, stops)
+
+
+def _run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
+         limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
+         baseline: Path | None, reuse: Path | None, resume: Path | None,
+         shard: tuple[int, int] | None, junit: Path | None, threads: int | None,
+         no_code: bool, quiet: bool, stops: _StopSignals) -> int:
     from .context import resolve_device, silent_progress
     from .plugins import default_registry
     from .runner import RunOptions, run_suite
@@ -158,18 +222,20 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         torch.set_num_threads(threads)
     if reuse is not None:
         RunStore(reuse).check()
+        RunStore(reuse).check_tree("artifacts")  # its saved examples: regular files only
     if resume is not None:
         if out is not None and out.resolve() != resume.resolve():
             raise HarnessError("--resume continues a run in its own folder; drop --out, or "
                                "give it the same folder")
-        RunStore(resume).check()
+        if not RunStore(resume).started_only():  # killed before it saved anything: resumable
+            RunStore(resume).check()
         out = resume
     base_store = None
     if baseline is not None:
         base_store = RunStore(baseline)
         base_store.check()
     registry = default_registry()
-    s = load_suite(suite, registry)
+    s = load_suite(suite, registry, no_code=no_code)
     if shard is not None and not s.cases(shard):
         _err(f"note: shard {shard[0]}/{shard[1]} has no cases (shards own whole models, and "
              f"the suite has {len(s.models)}); its folder still takes part in 'harness merge'")
@@ -180,12 +246,19 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
                          cache_dir=cache_dir, use_cache=not no_cache,
                          progress=silent_progress if quiet else _tqdm_progress,
                          on_event=_event_printer(quiet))
-    result, code = run_suite(s, registry, store, options, command=sys.argv, baseline=base_store)
+    again = f"harness run {suite}{f' --shard {shard[0]}/{shard[1]}' if shard else ''} " \
+            f"--resume {store.path}"
+    try:
+        result, code = run_suite(s, registry, store, options, command=sys.argv,
+                                 baseline=base_store)
+    except KeyboardInterrupt:  # stopped before the run could save its state
+        if store.path.is_dir():
+            _err(f"to finish it: {again}")
+        raise
+    stops.defer()  # the run is saved: a signal now only cuts the report short
     _finish(store, result, junit)
     if result.interrupted or result.errors:
-        again = f" --shard {shard[0]}/{shard[1]}" if shard else ""
-        _err(f"to finish it (only the unfinished or failed cases run again): "
-             f"harness run {suite}{again} --resume {store.path}")
+        _err(f"to finish it (only the unfinished or failed cases run again): {again}")
     return code
 
 
@@ -231,11 +304,14 @@ def merge(run_dirs: tuple[Path, ...], out: Path | None, baseline: Path | None,
     if baseline is not None:
         base_store = RunStore(baseline)
         base_store.check()
-    name = stores[0].summary().get("suite", {}).get("name") or "merged"
+    # checked like a suite's name (summary.json's schema): it cannot leave reports/
+    name = stores[0].read_summary().suite.name
     store = RunStore(out or default_run_dir(name))
-    result, code = merge_runs(stores, default_registry(), store, command=sys.argv,
-                              baseline=base_store)
-    _finish(store, result, junit)
+    with _StopSignals() as stops:
+        result, code = merge_runs(stores, default_registry(), store, command=sys.argv,
+                                  baseline=base_store)
+        stops.defer()
+        _finish(store, result, junit)
     return code
 
 
@@ -255,7 +331,7 @@ def report(run_dir: Path, fmt: str, output: Path | None) -> int:
     if fmt == "html":
         from .report.html import render_html
 
-        text = render_html(summary, tables, store.path)
+        text = render_html(summary, tables, store)
         output = output or store.path / "report.html"
     elif fmt == "junit":
         from .report.junit import render_junit
@@ -288,13 +364,16 @@ _NO_ARGS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 @click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
 @click.option("--dynamo/--legacy", default=True, show_default=True,
               help="torch.onnx's current (dynamo) exporter, or the legacy TorchScript one.")
+@click.option("--no-code", is_flag=True, help=_NO_CODE_HELP)
 def export(suite: str, model_id: str, out: Path, device: str | None, data_dir: Path | None,
-           cache_dir: Path | None, seed: int | None, opset: int | None, dynamo: bool) -> int:
+           cache_dir: Path | None, seed: int | None, opset: int | None, dynamo: bool,
+           no_code: bool) -> int:
     """Export MODEL_ID of SUITE to ONNX at OUT, checked against the original on a batch."""
     from .export import export_suite_model
 
     info = export_suite_model(suite, model_id, out, device=device, data_dir=data_dir,
-                              cache_dir=cache_dir, seed=seed, opset=opset, dynamo=dynamo)
+                              cache_dir=cache_dir, seed=seed, opset=opset, dynamo=dynamo,
+                              no_code=no_code)
     click.echo(f"wrote {info['path']} ({info['exporter']} exporter, opset {info['opset']}, "
                f"{info['bytes'] / 1e6:.2f} MB)")
     click.echo(f"checked on {info['check']}: max |logit difference| {info['max_abs_diff']:.3g} "
@@ -339,12 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         _err(f"error: {exc.format_message()}")
         code = 2
-    except click.exceptions.Abort:
-        _err("interrupted")
-        code = 130
-    except KeyboardInterrupt:
-        _err("interrupted")
-        code = 130
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # Ctrl-C, or a stop signal (Interrupted), which click turns into Abort when it escapes
+        # a command before the run could catch it
+        cause = exc if isinstance(exc, KeyboardInterrupt) else (exc.__cause__ or exc.__context__)
+        _err("terminated" if getattr(cause, "signum", None) == signal.SIGTERM else "interrupted")
+        code = getattr(cause, "exit_code", 130)
     except Exception as exc:  # a bug: one line, the traceback on request
         if os.environ.get("HARNESS_DEBUG"):
             raise

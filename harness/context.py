@@ -113,5 +113,8 @@ class Context:
                 from .plugins import default_registry
                 self.registry = default_registry()
             plugin = self.registry.build("dataset", use, params)
-            self._datasets[key] = plugin.load(self)
+            from .base import blame
+
+            with blame(plugin, "loading data"):
+                self._datasets[key] = plugin.load(self)
         return self._datasets[key]

@@ -60,3 +60,25 @@ class ParamError(HarnessError):
     def __init__(self, param: str, message: str, *, hint: str | None = None):
         self.param = param
         super().__init__(message, hint=hint)
+
+
+class PluginCrash(PluginError):
+    """A plugin (or the code it calls, such as a model factory) raised an exception of its
+    own, ``SystemExit`` included: a bug in that plugin. Names the plugin and its package;
+    ``original`` is the exception, whose traceback goes to the run folder's errors.log."""
+
+    def __init__(self, message: str, original: BaseException, *, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.original = original
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM) arrived: the run saves what finished and exits with
+    128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum

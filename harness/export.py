@@ -189,7 +189,7 @@ def export_suite_model(suite_path: str | Path, model_id: str, out: Path, *,
                        device: str | None = None, data_dir: Path | None = None,
                        cache_dir: Path | None = None, seed: int | None = None,
                        opset: int | None = None, dynamo: bool = True,
-                       check_size: int = 16) -> dict[str, Any]:
+                       check_size: int = 16, no_code: bool = False) -> dict[str, Any]:
     """Load model ``model_id`` of the suite at ``suite_path`` as ``harness run`` would
     (device, seed, data and weight cache), and :func:`export_model` it.
 
@@ -202,7 +202,7 @@ def export_suite_model(suite_path: str | Path, model_id: str, out: Path, *,
     from .suite import load_suite
 
     registry = default_registry()
-    suite = load_suite(suite_path, registry)
+    suite = load_suite(suite_path, registry, no_code=no_code)
     if model_id not in suite.models:
         raise HarnessError(f"suite {suite.name!r} has no model {model_id!r}",
                            hint=f"its models: {', '.join(suite.models)}")
@@ -211,6 +211,8 @@ def export_suite_model(suite_path: str | Path, model_id: str, out: Path, *,
     ctx = Context(device=resolve_device(device or suite.device),
                   seed=suite.seed if seed is None else seed, data_dir=data_dir,
                   cache_dir=cache_dir or default_cache_dir(), registry=registry)
+    from .base import blame
+
     data = None
     if suite.data is not None:
         try:
@@ -219,7 +221,8 @@ def export_suite_model(suite_path: str | Path, model_id: str, out: Path, *,
             data = None
     if data is not None:   # a model may take its input shape from the data
         ctx = replace(ctx, input_shape=tuple(data.input_shape), num_classes=data.num_classes)
-    model = plugin.load(ctx)
+    with blame(plugin, f"loading model {model_id!r}"):
+        model = plugin.load(ctx)
     model.name = model_id
     gen = ctx.generator("export", model_id)
     parts = [torch.rand(check_size, *model.input_shape, generator=gen, device="cpu")]

@@ -11,12 +11,16 @@ from .suite import GateConfig
 Key = tuple[str, str, str, str]
 
 
-def _index(records: Iterable[Mapping[str, Any]]) -> dict[Key, float]:
+def _index(records: Iterable[Mapping[str, Any]],
+           counts: dict[Key, Any] | None = None) -> dict[Key, float]:
     out: dict[Key, float] = {}
     for rec in records:
         param = rec.get("param")
         param = "" if param is None or (isinstance(param, float) and math.isnan(param)) else param
-        out[(rec["test"], rec["model"], rec["metric"], str(param))] = float(rec["value"])
+        key = (rec["test"], rec["model"], rec["metric"], str(param))
+        out[key] = float(rec["value"])
+        if counts is not None:
+            counts[key] = rec.get("n")
     return out
 
 
@@ -60,7 +64,8 @@ def evaluate(gates: Iterable[GateConfig], records: Iterable[Mapping[str, Any]],
     and so is a gate without a value when ``unmeasured`` says why its case may not have run
     (an interrupted run, one shard of a suite).
     """
-    index = _index(records)
+    counts: dict[Key, Any] = {}
+    index = _index(records, counts)
     base_index = _index(baseline) if baseline is not None else {}
     directions = directions or {}
     verdicts = []
@@ -89,6 +94,8 @@ def evaluate(gates: Iterable[GateConfig], records: Iterable[Mapping[str, Any]],
             base = base_index.get(key)
             fails, skip = _check(gate, value, base, directions.get(gate.metric),
                                  baseline is not None)
+            if math.isnan(value) and counts.get(key) == 0:
+                fails = ["no images to measure it on (n is 0)"]
             skipped = skipped or skip
             label = f" at {key[3]}" if key[3] and gate.param is None else ""
             failures += [f + label for f in fails]

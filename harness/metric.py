@@ -91,3 +91,9 @@ class Metric(Plugin):
             out.append((f"{self.sweep}={v:g}" if isinstance(v, float) else f"{self.sweep}={v}",
                         clone))
         return out
+
+    def count(self, ev: Evaluation) -> int | None:
+        """How many images the value of :meth:`compute` is taken over (recorded as ``n``;
+        a mean over no images is shown as "n=0"); None: all the evaluation's images, or the
+        images :meth:`values` counts."""
+        return None

@@ -45,31 +45,49 @@ class Model:
         self.gradient_source: str | None = "autograd" if differentiable else None
         #: a line on the model's provenance or gradients, for the report
         self.gradient_note = ""
+        #: on the device: whether any logits since :meth:`clear_nonfinite` held NaN or inf
+        self._nonfinite: torch.Tensor | None = None
         if module is not None:
             module.eval()
             for p in module.parameters():
                 p.requires_grad_(False)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x)
+        out = self._forward(x)
+        if isinstance(out, torch.Tensor) and out.is_floating_point():
+            # noted on the device, without waiting for it: attacks check once per batch
+            bad = ~torch.isfinite(out.detach()).all()
+            self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        return out
+
+    def clear_nonfinite(self) -> None:
+        """Forget the NaN or infinite logits seen so far (see :meth:`saw_nonfinite`)."""
+        self._nonfinite = None
+
+    def saw_nonfinite(self) -> bool:
+        """Whether any call since :meth:`clear_nonfinite` returned NaN or infinite logits (one
+        device synchronisation; the flag itself is kept on the device at every call)."""
+        return self._nonfinite is not None and bool(self._nonfinite)
 
     @torch.no_grad()
-    def logits(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    def logits(self, x: torch.Tensor, batch_size: int | None = None, *,
+               when: str = "") -> torch.Tensor:
         """Logits for any number of inputs (on any device), computed in batches without grad;
-        returned on the model's device."""
+        returned on the model's device. NaN or infinite logits are a :class:`ModelError`
+        (``when`` says on which inputs, for its message)."""
         bs = batch_size or self.eval_batch_size
         outs = [self(x[i:i + bs].to(self.device)) for i in range(0, len(x), bs)]
         if not outs:
             return torch.empty(0, self.num_classes, device=self.device)
         out = torch.cat(outs)
-        self.check_logits(out, len(x))
+        self.check_logits(out, len(x), when)
         return out
 
     def predict(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         """Predicted labels, on the model's device."""
         return self.logits(x, batch_size).argmax(1)
 
-    def check_logits(self, logits: torch.Tensor, n: int) -> None:
+    def check_logits(self, logits: torch.Tensor, n: int, when: str = "") -> None:
         """Raise a :class:`ModelError` for logits of the wrong shape or with NaN/inf."""
         if logits.shape != (n, self.num_classes):
             raise ModelError(
@@ -79,7 +97,8 @@ class Model:
         if not torch.isfinite(logits).all():
             bad = int((~torch.isfinite(logits)).any(1).sum())
             raise ModelError(
-                f"model {self.name!r} returned NaN or infinite logits for {bad} of {n} inputs",
+                f"model {self.name!r} returned NaN or infinite logits for {bad} of {n} inputs"
+                + (f" {when}" if when else ""),
                 hint="check its weights and its input normalization")
 
     def layer(self, path: str) -> nn.Module:

@@ -29,22 +29,73 @@ def make_plugin_manager(*, entry_points: bool = True, blocked: list[str] | None 
     if entry_points:
         try:
             pm.load_setuptools_entrypoints(GROUP)
-        except Exception as exc:  # a plugin package that fails to import
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except BaseException as exc:  # a plugin package that fails to import (or exits)
             ep = _failing_entry_point(pm)
             who = (f"plugin package {ep.name!r} ({ep.value}, from "
-                   f"{ep.dist.name if ep.dist else 'an unknown distribution'})"
+                   f"{_dist_label(ep.dist) if ep.dist else 'an unknown distribution'})"
                    if ep is not None else "a plugin package")
-            raise PluginError(f"{who} failed to load: {type(exc).__name__}: {exc}",
-                              hint=f"fix or uninstall it, or block it with "
-                                   f"{BLOCK_ENV}={ep.name if ep is not None else '<name>'}"
-                              ) from None
+            raise PluginError(f"{who} failed to load: {_exc_line(exc)}",
+                              hint=block_hint(ep.name if ep is not None else None)) from None
     for obj in extra or []:
         pm.register(obj)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r} implements an unknown hook: {exc}") from None
+    _check_hook_names(pm)
     return pm
+
+
+def _exc_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (SystemExit: its status)."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit (exit status {exc.code!r})"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _dist_label(dist: Any) -> str:
+    try:
+        return f"{dist.metadata['Name']} {dist.version}"
+    except Exception:
+        return str(getattr(dist, "name", dist))
+
+
+def block_hint(name: str | None) -> str:
+    return f"fix or uninstall it, or block it with {BLOCK_ENV}={name or '<entry point>'}"
+
+
+def package_label(pm: pluggy.PluginManager, plugin: object) -> str:
+    """``plugin package 'example' (harness_example, from harness-example-plugin 0.1.0)``:
+    the entry point's name, the module, and the distribution, as far as they are known."""
+    module = getattr(plugin, "__name__", None) or type(plugin).__module__
+    name = pm.get_name(plugin)
+    if not name or name == str(id(plugin)):  # registered without a name (tests)
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+    dists = {id(p): d for p, d in pm.list_plugin_distinfo()}
+    dist = dists.get(id(plugin))
+    where = module if dist is None else f"{module}, from {_dist_label(dist)}"
+    return f"plugin package {name!r} ({where})"
+
+
+def _check_hook_names(pm: pluggy.PluginManager) -> None:
+    """A hook implementation whose name no hook has (``register_attack`` for
+    ``register_attacks``) is one line naming the package, with the hooks that exist."""
+    import difflib
+
+    known = sorted(n for n in dir(hookspecs) if n.startswith("register_"))
+    unknown: dict[int, tuple[object, list[str]]] = {}
+    for name in dir(pm.hook):
+        caller = getattr(pm.hook, name)
+        if name.startswith("_") or not hasattr(caller, "get_hookimpls") or caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                unknown.setdefault(id(impl.plugin), (impl.plugin, []))[1].append(name)
+    for plugin, names in unknown.values():
+        close = difflib.get_close_matches(names[0], known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise PluginError(f"{package_label(pm, plugin)} implements unknown hook(s) "
+                          f"{', '.join(map(repr, names))}",
+                          hint=f"{hint}the hooks are {', '.join(known)}")
 
 
 def _failing_entry_point(pm: pluggy.PluginManager) -> Any:

@@ -16,9 +16,10 @@ from .analysis import Analysis
 from .attack import Attack
 from .base import Plugin
 from .data import DatasetPlugin
-from .errors import ParamError, PluginError
+from .errors import ParamError, PluginCrash, PluginError
 from .metric import Metric
 from .model import ModelPlugin
+from .plugins import _exc_line, block_hint, package_label
 
 #: kind -> (hook name, base class)
 KINDS: dict[str, tuple[str, type]] = {
@@ -59,23 +60,34 @@ class Registry:
             for impl in getattr(pm.hook, hook_name).get_hookimpls():
                 source = pm.get_name(impl.plugin) or repr(impl.plugin)
                 dist = dists.get(id(impl.plugin), "-")
-                impl.function(register=self._registrar(kind, base, source, dist))
+                who = package_label(pm, impl.plugin)
+                try:
+                    impl.function(register=self._registrar(kind, base, source, dist, who))
+                except (PluginError, KeyboardInterrupt, GeneratorExit):
+                    raise
+                except BaseException as exc:  # SystemExit too: one line naming the package
+                    raise PluginError(f"{who} failed in its {hook_name} hook: {_exc_line(exc)}",
+                                      hint=block_hint(source)) from None
 
-    def _registrar(self, kind: str, base: type, source: str, dist: str):
+    def _registrar(self, kind: str, base: type, source: str, dist: str, who: str):
         def register(name: str, cls: type) -> None:
             if not isinstance(name, str) or not name:
-                raise PluginError(f"plugin {source!r} registered a {kind} with a bad name {name!r}")
+                raise PluginError(f"{who} registered a {kind} with a bad name {name!r}",
+                                  hint=block_hint(source))
             if not (isinstance(cls, type) and issubclass(cls, base)):
-                raise PluginError(f"plugin {source!r} registered {kind} {name!r} as {cls!r}, "
-                                  f"which is not a subclass of harness.{base.__name__}")
+                raise PluginError(f"{who} registered {kind} {name!r} as {cls!r}, which is not "
+                                  f"a subclass of harness.{base.__name__}",
+                                  hint=block_hint(source))
             have = self._entries[kind].get(name)
             if have is not None:
                 raise PluginError(
-                    f"{kind} {name!r} is registered twice: by {have.plugin} ({have.distribution}) "
-                    f"and by {source} ({dist})",
-                    hint="uninstall one, or block one with HARNESS_BLOCK_PLUGINS=<entry point>")
+                    f"{kind} {name!r} is registered twice: by {who}, and before it by "
+                    f"{have.plugin!r} ({have.distribution})",
+                    hint=f"uninstall one, or block one with HARNESS_BLOCK_PLUGINS=<entry point>")
+            entry = Entry(kind, name, cls, source, dist)
             cls.name = name
-            self._entries[kind][name] = Entry(kind, name, cls, source, dist)
+            cls._harness_entry = entry  # for plugin_label: the name and package in errors
+            self._entries[kind][name] = entry
 
         return register
 
@@ -142,9 +154,12 @@ def instantiate(cls: type[Plugin], params: dict[str, Any], label: str) -> Any:
             except pydantic.PydanticSchemaGenerationError:
                 pass
         values[p.name] = value
+    from .base import blame
+
     try:
-        return cls(**values)
-    except ParamError:
+        with blame(cls, "checking its parameters"):
+            return cls(**values)
+    except PluginCrash as exc:
+        if isinstance(exc.original, (TypeError, ValueError)):
+            raise ParamError("", f"{label}: {exc.original}") from None
         raise
-    except (TypeError, ValueError) as exc:
-        raise ParamError("", f"{label}: {exc}") from None

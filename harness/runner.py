@@ -4,6 +4,7 @@ comes back as an object, progress goes through the callbacks given."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, fields
@@ -16,7 +17,8 @@ import torch
 from . import transfer
 from .context import Context, ProgressFactory, default_cache_dir, resolve_device, silent_progress
 from .data import Data
-from .errors import DataError, HarnessError, ModelError, ParamError
+from .base import blame
+from .errors import DataError, HarnessError, ModelError, ParamError, PluginCrash
 from .metric import Evaluation
 from .model import Model
 from .registry import Registry
@@ -85,6 +87,8 @@ class RunResult:
     cases: list[CaseResult] = field(default_factory=list)
     models: dict[str, ModelInfo] = field(default_factory=dict)
     interrupted: bool = False
+    #: the exit code of an interrupted run: 128 + the signal (130: SIGINT, 143: SIGTERM)
+    interrupt_code: int = 130
     shard: tuple[int, int] | None = None
     #: figures not yet written to the run folder: path inside it -> PNG bytes
     pending_files: dict[str, bytes] = field(default_factory=dict)
@@ -124,33 +128,35 @@ def load_resumable(store: "Any", suite: Suite, seed: int, device: torch.device |
                    merging: bool = False) -> Resumed:
     """Read the run in ``store`` to continue it; refuse (one line) when it was run with a
     different suite text, seed, device, limit or shard, since its numbers would then not
-    belong with the new ones. ``merging``: take every case as it is (failed ones too) and
-    every model, for :func:`merge_runs`."""
-    store.check()
-    summary = store.summary()
+    belong with the new ones. A folder whose run was stopped before it saved a summary (killed
+    while its first case ran) resumes from nothing. ``merging``: take every case as it is
+    (failed ones too) and every model, for :func:`merge_runs`."""
     where = store.path
     again = "run the suite afresh (--out NEW_FOLDER)"
-    if summary.get("suite", {}).get("sha256") != _suite_digest(suite):
+    if not merging and store.started_only():
+        if os.path.lexists(store.path / "suite.yaml") and store.suite_text() != suite.text:
+            raise HarnessError(f"{where} holds a run of another suite, or of this one before it "
+                               "changed; its results cannot be continued", hint=again)
+        return Resumed({}, {})
+    store.check()
+    summary = store.summary()
+    if summary["suite"]["sha256"] != _suite_digest(suite):
         raise HarnessError(f"{where} holds a run of another suite, or of this one before it "
                            "changed; its results cannot be continued", hint=again)
-    before = {"seed": summary.get("seed"), "device": summary.get("device"),
-              "limit": summary.get("options", {}).get("limit"),
-              "shard": "/".join(map(str, summary["shard"])) if summary.get("shard") else None}
+    before = {"seed": summary["seed"], "device": summary["device"],
+              "limit": summary["options"].get("limit"),
+              "shard": "/".join(map(str, summary["shard"])) if summary["shard"] else None}
     now = {"seed": seed, "device": str(device), "limit": limit,
            "shard": "/".join(map(str, shard)) if shard else None}
     for key in before:
         if before[key] != now[key]:
             raise HarnessError(f"{where} was run with {key} {before[key]}, not {now[key]}; "
                                "resume it with the same settings", hint=again)
-    cases = summary.get("cases", [])
-    if any("records" not in c for c in cases):
+    cases = summary["cases"]
+    if any(c["records"] is None for c in cases):
         raise HarnessError(f"{where} was written by an older version of the harness and "
                            "cannot be resumed", hint=again)
-    rows = store.results().to_dict("records")
-    if sum(c["records"] for c in cases) != len(rows):
-        raise HarnessError(f"{where}: results.csv does not match summary.json "
-                           f"({len(rows)} rows, {sum(c['records'] for c in cases)} expected)",
-                           hint=again)
+    rows = store.results().to_dict("records")  # checked against the cases
     names = {f.name for f in fields(CaseResult)}
     done, start = {}, 0
     for c in cases:
@@ -159,11 +165,19 @@ def load_resumable(store: "Any", suite: Suite, seed: int, device: torch.device |
         if c["status"] == "ok" or merging:
             case = CaseResult(**{k: v for k, v in c.items() if k in names})
             case.resumed = case.resumed or not merging
-            done[case.test, case.model] = (case, [{**r, "param": r["param"] or ""} for r in part])
+            done[case.test, case.model] = (case, [_record(r) for r in part])
     model_names = {f.name for f in fields(ModelInfo)}
     models = {m["id"]: ModelInfo(**{k: v for k, v in m.items() if k in model_names})
-              for m in summary.get("models", []) if m.get("status") == "ok" or merging}
+              for m in summary["models"] if m["status"] == "ok" or merging}
     return Resumed(done, models)
+
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of results.csv as the runner's record (``n`` an int where it is known)."""
+    rec = {**row, "param": row["param"] or ""}
+    n = row.get("n")
+    rec["n"] = int(n) if isinstance(n, (int, float)) and n == n else ""
+    return rec
 
 
 def _now() -> str:
@@ -171,7 +185,12 @@ def _now() -> str:
 
 
 def _describe(exc: BaseException) -> tuple[str, str, str | None]:
-    """(message, kind, traceback) for an exception raised inside a case."""
+    """(message, kind, traceback) for an exception raised inside a case: the user's input
+    (a :class:`HarnessError`), or a bug (a plugin's own exception, named, or the harness's)."""
+    if isinstance(exc, PluginCrash):
+        orig = exc.original
+        return str(exc), "internal", "".join(
+            traceback.format_exception(type(orig), orig, orig.__traceback__))
     if isinstance(exc, HarnessError):
         return str(exc), "input", None
     return (f"{type(exc).__name__}: {exc}", "internal",
@@ -223,8 +242,9 @@ class Runner:
                 result.seconds = time.perf_counter() - t_start
                 if checkpoint:
                     checkpoint(result)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal (harness.errors.Interrupted)
             result.interrupted = True
+            result.interrupt_code = getattr(exc, "exit_code", 130)
         if done is not None:  # models only the taken-over cases used: as the earlier run saw them
             for mid, info in done.models.items():
                 result.models.setdefault(mid, info)
@@ -240,6 +260,8 @@ class Runner:
         assert spec is not None
         try:
             data = self.ctx.dataset(spec.use, **spec.params)
+        except PluginCrash:  # names the plugin already; its traceback goes to errors.log
+            raise
         except HarnessError as exc:
             raise type(exc)(f"{self._where(loc)}{exc.message}", hint=exc.hint) from None
         # held in memory until the cases stream their batches
@@ -257,17 +279,23 @@ class Runner:
             self.options.on_event("model_start", {"model": mid})
             t0 = time.perf_counter()
             try:
-                model = self.built[("models", mid)].load(self._model_context(mid))
+                plugin = self.built[("models", mid)]
+                with blame(plugin, f"loading model {mid!r}"):
+                    model = plugin.load(self._model_context(mid))
                 if not isinstance(model, Model):
-                    raise TypeError(f"model plugin {spec['use']!r} returned "
-                                    f"{type(model).__name__}, not a harness.Model")
+                    from .base import plugin_label
+                    from .errors import PluginError
+
+                    raise PluginError(f"{plugin_label(plugin)} returned "
+                                      f"{type(model).__name__} for model {mid!r}; expected a "
+                                      "harness.Model", hint="a bug in that model plugin")
                 model.name = mid
                 info.gradients = getattr(model, "gradient_source", None)
                 info.note = getattr(model, "gradient_note", "") or ""
                 self._models[mid] = model
             except KeyboardInterrupt:
                 raise
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: only this model's cases fail
                 info.error, info.error_kind, info.traceback = _describe(exc)
                 info.status = "error"
                 self._models[mid] = None
@@ -318,7 +346,7 @@ class Runner:
             raise
         except _ModelUnavailable as exc:
             case.status, case.error, case.error_kind = "error", str(exc), exc.kind
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit too: only this case fails
             case.status = "error"
             case.error, case.error_kind, case.traceback = _describe(exc)
         case.seconds = time.perf_counter() - t0
@@ -334,8 +362,10 @@ class Runner:
             data = self._data(i, test)
             self._check_fit(test, mid, model, data)
             case.images = len(data)
-        res = analysis.run(model, data, self.ctx)
-        base = {"test": test.name, "model": mid, "n": len(data) if data is not None else 0}
+        with blame(analysis, f"analysing model {mid!r}"):
+            res = analysis.run(model, data, self.ctx)
+        # n: the images the numbers come from; none for an analysis without data
+        base = {"test": test.name, "model": mid, "n": len(data) if data is not None else ""}
         for rec in res.records:
             result.records.append({**base, "metric": rec["metric"],
                                    "param": rec.get("param", ""), "value": float(rec["value"])})
@@ -360,7 +390,7 @@ class Runner:
         self._check_fit(test, mid, model, data)
         x = data.x.to(model.device)
         y = data.y.to(model.device)
-        clean_pred = model.logits(x).argmax(1)
+        clean_pred = model.logits(x, when="on the clean inputs").argmax(1)
         metrics = [(spec.use, self.built[("tests", i, "metrics", j)])
                    for j, spec in enumerate(metric_specs(test))]
         base = {"test": test.name, "model": mid, "n": len(data)}
@@ -374,7 +404,8 @@ class Runner:
                                  "gives none", hint="use a gradient-free attack for it")
             for label, variant in attack.variants():
                 res = variant(model, x, y, self.ctx)
-                adv_pred = model.logits(res.x_adv).argmax(1)
+                adv_pred = model.logits(res.x_adv, when="on the attack's final adversarial "
+                                                        "inputs").argmax(1)
                 evaluations.append((label, Evaluation(model, x, y, clean_pred, res, adv_pred)))
                 if test.pictures:
                     self._pictures(test, mid, data, x, res.x_adv, clean_pred, adv_pred,
@@ -382,10 +413,13 @@ class Runner:
         records = []
         for label, ev in evaluations:
             for name, metric in metrics:
-                value = metric.compute(ev)
+                with blame(metric, f"computing it for model {mid!r}"):
+                    value = metric.compute(ev)
+                    count = metric.count(ev) if value is not None else None
                 if value is None:
                     continue
-                records.append({**base, "metric": name, "param": label, "value": float(value)})
+                records.append({**base, "metric": name, "param": label, "value": float(value),
+                                "n": base["n"] if count is None else int(count)})
         return records
 
 
@@ -433,22 +467,23 @@ class Runner:
             except (_ModelUnavailable, HarnessError) as exc:
                 failures.append(str(exc))
                 continue
-            for label, x_rows, distortion in rows:
-                pred = target.logits(x_rows).argmax(1).cpu()
+            for label, x_rows, distortion, count in rows:
+                pred = target.logits(x_rows, when=f"on the examples of {label}").argmax(1).cpu()
                 result.records.append({"test": test.name, "model": tid, "n": len(data),
                                        "metric": "adv_error", "param": label,
                                        "value": float((pred != data.y).float().mean())})
                 if source is None:  # a baseline's distortion, under every target
-                    result.records.append({"test": test.name, "model": tid, "n": len(data),
+                    result.records.append({"test": test.name, "model": tid, "n": count,
                                            "metric": "mean_distortion", "param": label,
                                            "value": distortion})
         if failures:
             raise ModelError("; ".join(dict.fromkeys(failures)))
 
     def _source_rows(self, i: int, test: TestConfig, mid: str, source: Model, data: Data,
-                     case: CaseResult, result: RunResult) -> list[tuple[str, torch.Tensor, float]]:
+                     case: CaseResult, result: RunResult
+                     ) -> list[tuple[str, torch.Tensor, float, int]]:
         """The examples made for ``mid`` (and their amplified versions), recorded and saved:
-        ``[(label, x_adv on the CPU, mean distortion)]``."""
+        ``[(label, x_adv on the CPU, mean distortion, images it is over)]``."""
         self._check_fit(test, mid, source, data)
         attack = self.built[("tests", i, "attack")]
         if attack.needs_gradients and not source.differentiable:
@@ -458,8 +493,12 @@ class Runner:
         saved = None
         if self.options.reuse is not None:
             saved = transfer.find_reusable(self.options.reuse, test.name, mid, wanted)
+        if saved is not None and tuple(saved["x_adv"].shape) != tuple(data.x.shape):
+            raise HarnessError(f"{self.options.reuse}: the saved examples of {test.name} x "
+                               f"{mid} have shape {list(saved['x_adv'].shape)}, not the data's "
+                               f"{list(data.x.shape)}", hint="run without --reuse")
         if saved is not None:
-            x_adv = torch.from_numpy(saved["x_adv"])
+            x_adv = torch.from_numpy(saved["x_adv"]).float()
             success = torch.from_numpy(saved["success"])
             target = torch.from_numpy(saved["target"]) if "target" in saved else None
             case.notes.append(f"examples for {mid} reused from {self.options.reuse}")
@@ -469,9 +508,11 @@ class Runner:
             x_adv, success = res.x_adv.cpu(), res.success.cpu()
             target = res.target.cpu() if res.target is not None else None
             if test.pictures:
-                clean = source.logits(x).argmax(1)
+                clean = source.logits(x, when="on the clean inputs").argmax(1)
                 self._pictures(test, mid, data, x, res.x_adv, clean,
-                               source.logits(res.x_adv).argmax(1), "", case, result)
+                               source.logits(res.x_adv, when="on the attack's final "
+                                                            "adversarial inputs").argmax(1),
+                               "", case, result)
         base = f"artifacts/{test.name}/{mid}"
         result.pending_files[f"{base}.npz"] = transfer.pack(data.x, x_adv, data.y, success, target)
         result.pending_files[f"{base}.json"] = (json.dumps(
@@ -481,30 +522,33 @@ class Runner:
         result.records.append({**rec, "metric": "success_rate", "param": label,
                                "value": float(success.float().mean())})
 
+        over = int(success.sum())
+
         def mean_distortion(x_rows: torch.Tensor) -> float:
             """Over the images where the attack succeeded on its source (as Table 1)."""
             dist = transfer.distortion_of(data.x, x_rows)[success]
             return float(dist.mean()) if len(dist) else float("nan")
 
-        rows = [(label, x_adv, mean_distortion(x_adv))]
+        rows = [(label, x_adv, mean_distortion(x_adv), over)]
         for level in test.amplify or []:
             amplified = transfer.amplify(data.x, x_adv, level)
-            rows.append((transfer_label(mid, level), amplified, mean_distortion(amplified)))
-        for row_label, _, value in rows:
+            rows.append((transfer_label(mid, level), amplified, mean_distortion(amplified), over))
+        for row_label, _, value, count in rows:
             result.records.append({**rec, "metric": "mean_distortion", "param": row_label,
-                                   "value": value})
+                                   "value": value, "n": count})
         return rows
 
     def _baseline_rows(self, i: int, test: TestConfig, targets: list[str], data: Data,
-                       result: RunResult) -> list[tuple[str, torch.Tensor, float]]:
-        """The baseline's examples (one set per setting, made once on the CPU)."""
+                       result: RunResult) -> list[tuple[str, torch.Tensor, float, int]]:
+        """The baseline's examples (one set per setting, made once on the CPU); their
+        distortion is over all images (noise has no goal to succeed at)."""
         baseline = self.built[("tests", i, "baseline")]
         stand_in = _stand_in_model(data)
         rows = []
         for label, variant in baseline.variants():
             res = variant(stand_in, data.x, data.y, self.ctx)
             rows.append((baseline_label(baseline.name, label), res.x_adv.cpu(),
-                         float(res.distortion.mean())))
+                         float(res.distortion.mean()) if len(data) else float("nan"), len(data)))
         return rows
 
 
@@ -539,10 +583,12 @@ def _versions(registry: Registry) -> dict[str, str]:
 
     versions = {"python": platform.python_version(), "robustness-harness": __version__,
                 "torch": torch.__version__}
+    from importlib.metadata import PackageNotFoundError, version
+
     for mod in ("torchvision", "numpy", "onnxruntime"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:
+        try:  # from the installed metadata: importing onnxruntime is slow and writes files
+            versions[mod] = version(mod)
+        except PackageNotFoundError:
             pass
     for entry in registry.entries():
         if entry.distribution not in ("-", ""):
@@ -568,7 +614,15 @@ def exit_code_of(result: RunResult, verdicts: list[dict[str, Any]]) -> tuple[int
     if failed:
         parts.append(f"{len(failed)} of {len(verdicts)} gate(s) failed")
     if result.interrupted:
-        return 130, "INTERRUPTED: " + (", ".join(parts) or f"{len(result.cases)} case(s) finished")
+        import signal
+
+        code = result.interrupt_code
+        try:
+            by = f" by {signal.Signals(code - 128).name}"
+        except ValueError:
+            by = ""
+        return code, f"INTERRUPTED{by}: " + (", ".join(parts)
+                                            or f"{len(result.cases)} case(s) finished")
     if input_errors:
         return 2, "ERROR: " + ", ".join(parts)
     if parts:
@@ -589,27 +643,46 @@ def run_suite(suite: Suite, registry: Registry, store: "Any", options: RunOption
     taken over, the rest run. Returns the result and the exit code."""
     runner = Runner(suite, registry, options)
     preflight(suite, runner.built, runner.ctx, options.shard)
-    done = (load_resumable(store, suite, runner.seed, runner.device, options.limit,
-                           options.shard) if options.resume else None)
     if baseline is not None:
         baseline.check()
-    store.create(resume=options.resume)
-    store.write_suite(suite.text)
-    static = {
-        "suite": {"name": suite.name, "file": suite.file, "sha256": _suite_digest(suite)},
-        "command": command or [],
-        "options": {"device": options.device, "seed": options.seed, "limit": options.limit,
-                    "data_dir": str(options.data_dir) if options.data_dir else None,
-                    "use_cache": options.use_cache,
-                    "baseline": str(baseline.path) if baseline is not None else None,
-                    "resumed": len(done.cases) if done is not None else 0},
-        "versions": _versions(registry),
-        "device_info": device_info(str(runner.device)),
-        "plugins": _plugins_used(registry, runner.built),
-    }
-    save = _saver(suite, runner.built, store, static, baseline)
-    result = runner.run(checkpoint=save, done=done)
-    return result, save(result, final=True)
+    store.create(resume=options.resume)  # locks the folder: a second writer is refused
+    try:
+        done = (load_resumable(store, suite, runner.seed, runner.device, options.limit,
+                               options.shard) if options.resume else None)
+        store.write_suite(suite.text)
+        static = {
+            "suite": {"name": suite.name, "file": suite.file, "sha256": _suite_digest(suite)},
+            "command": command or [],
+            "options": {"device": options.device, "seed": options.seed, "limit": options.limit,
+                        "data_dir": str(options.data_dir) if options.data_dir else None,
+                        "use_cache": options.use_cache,
+                        "baseline": str(baseline.path) if baseline is not None else None,
+                        "resumed": len(done.cases) if done is not None else 0},
+            "versions": _versions(registry),
+            "device_info": device_info(str(runner.device)),
+            "plugins": _plugins_used(registry, runner.built),
+        }
+        save = _saver(suite, runner.built, store, static, baseline)
+        if done is None or not (store.path / "summary.json").exists():
+            # a folder that reads as a run from the start: killed before its first case
+            # finished, it resumes like any other
+            save(RunResult(suite, runner.seed, str(runner.device), _now(),
+                           shard=options.shard))
+        result = runner.run(checkpoint=save, done=done)
+        return result, _final_save(save, result)
+    finally:
+        store.unlock()
+
+
+def _final_save(save: Callable[..., int], result: RunResult) -> int:
+    """The last save; a stop signal arriving during it marks the run interrupted and saves
+    again, so the folder never stays "running" once the run has ended."""
+    try:
+        return save(result, final=True)
+    except KeyboardInterrupt as exc:
+        result.interrupted = True
+        result.interrupt_code = getattr(exc, "exit_code", 130)
+        return save(result, final=True)
 
 
 def preflight(suite: Suite, built: dict[Loc, Any], ctx: Context,
@@ -638,7 +711,10 @@ def preflight(suite: Suite, built: dict[Loc, Any], ctx: Context,
 
 
 def _plugins_used(registry: Registry, built: dict[Loc, Any]) -> list[dict[str, str]]:
-    used = sorted({(obj.kind, obj.name, registry.get(obj.kind, obj.name).distribution)
+    # the kind and name of the class as registered (a plugin parameter named "kind" or
+    # "name" shadows them on the instance)
+    used = sorted({(type(obj).kind, type(obj).name,
+                    registry.get(type(obj).kind, type(obj).name).distribution)
                    for obj in built.values()})
     return [{"kind": k, "name": n, "distribution": d} for k, n, d in used]
 
@@ -686,8 +762,6 @@ def merge_runs(stores: list["Any"], registry: Registry, out: "Any",
     the run folder ``out``, as if the suite had run in one go: the cases in the suite's order
     with their results, the models, figures and saved examples; the gates are judged on
     the whole. Nothing is computed. Returns the result and the exit code."""
-    import shutil
-
     from .suite import parse_suite
 
     if not stores:
@@ -732,12 +806,32 @@ def merge_runs(stores: list["Any"], registry: Registry, out: "Any",
         raise HarnessError(f"{len(absent)} case(s) are in no shard's results (first: "
                            f"{absent[0]}): a shard was interrupted", hint="finish it with "
                            "'harness run SUITE --shard K/N --resume DIR', then merge again")
-    out.create()
-    out.write_suite(suite.text)
-    for store in stores:
+    for store in stores:  # merge copies regular files only: refuse links before writing
         for sub in ("figures", "artifacts"):
-            if (store.path / sub).is_dir():
-                shutil.copytree(store.path / sub, out.path / sub, dirs_exist_ok=True)
+            store.check_tree(sub)
+    out.create()
+    try:
+        out.write_suite(suite.text)
+        for store in stores:
+            for sub in ("figures", "artifacts"):
+                _copy_regular_files(store, sub, out)
+        return _merged(stores, summaries, shards, n, suite, cases, models, plan, registry,
+                       out, command, baseline)
+    finally:
+        out.unlock()
+
+
+def _copy_regular_files(store: "Any", sub: str, out: "Any") -> None:
+    """Copy the regular files under ``store.path / sub`` into ``out`` (a symbolic link or
+    any other kind of file there is refused, never followed)."""
+    for path in store.check_tree(sub):
+        out.write_bytes(path.relative_to(store.path).as_posix(), path.read_bytes())
+
+
+def _merged(stores: list["Any"], summaries: list[dict[str, Any]], shards: dict[int, Any],
+            n: int, suite: Suite, cases: dict, models: dict, plan: list, registry: Registry,
+            out: "Any", command: list[str] | None, baseline: "Any") -> tuple[RunResult, int]:
+    s0 = summaries[0]
     result = RunResult(suite, s0["seed"], s0["device"], min(s["started"] for s in summaries))
     result.finished = max((s.get("finished") or "") for s in summaries) or None
     result.seconds = max(float(s.get("seconds", 0.0)) for s in summaries)
@@ -759,4 +853,4 @@ def merge_runs(stores: list["Any"], registry: Registry, out: "Any",
     }
     if baseline is not None:
         baseline.check()
-    return result, _saver(suite, built, out, static, baseline)(result, final=True)
+    return result, _final_save(_saver(suite, built, out, static, baseline), result)

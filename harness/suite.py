@@ -4,13 +4,16 @@ runs, with errors that name the file, the line and the field."""
 from __future__ import annotations
 
 import difflib
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, field_validator,
+                      model_validator)
 
 from .errors import ParamError, PluginError, SuiteError
 
@@ -19,7 +22,33 @@ Loc = tuple[Any, ...]
 #: the model id of a transfer test's baseline case
 BASELINE = "(baseline)"
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+#: suite names, test names and model ids: they name folders and files of the run folder
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+#: the longest name (a figure's path holds a test name and a model id, and each part of a
+#: path must stay under the file system's 255 bytes)
+MAX_NAME = 100
+
+
+def check_name(value: Any) -> str:
+    """``value`` if it is a valid name (one line of letters, digits and ``. _ + -``, starting
+    with a letter or digit, at most :data:`MAX_NAME` characters), else ValueError."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise ValueError("use letters, digits and . _ + - only, starting with a letter or digit")
+    if len(value) > MAX_NAME:
+        raise ValueError(f"{len(value)} characters is too long (at most {MAX_NAME})")
+    return value
+
+
+def check_line(value: str) -> str:
+    """``value`` if it is one line of text without control characters, else ValueError."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        bad = next(ch for ch in value if ord(ch) < 32 or ord(ch) == 127)
+        raise ValueError(f"must be one line without control characters (it holds {bad!r})")
+    return value
+
+
+#: one line of text (titles, headers, labels)
+Line = Annotated[str, AfterValidator(check_line)]
 
 
 # --------------------------------------------------------------------------- YAML with lines
@@ -68,7 +97,10 @@ def _walk(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: str,
 
 def load_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
     """Parse ``text``; return the data and a map from location tuples to line numbers."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(exc, text, file) from None
     try:
         node = loader.get_single_node()
         lines: dict[Loc, int] = {}
@@ -81,11 +113,26 @@ def load_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
                 and exc.context_mark.line != exc.problem_mark.line:
             msg += f" ({exc.context} on line {exc.context_mark.line + 1})"
         raise SuiteError(msg, file=file, line=line) from None
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(exc, text, file) from None
     except yaml.YAMLError as exc:
-        raise SuiteError(f"not valid YAML: {exc}", file=file) from None
+        first = " ".join(str(exc).split())
+        raise SuiteError(f"not valid YAML: {first}", file=file) from None
     finally:
         loader.dispose()
     return data, lines
+
+
+def _reader_error(exc: Any, text: str, file: str) -> SuiteError:
+    """One line for a character YAML refuses (a control character such as \\x07)."""
+    pos = exc.position if isinstance(exc.position, int) else 0
+    line = text.count("\n", 0, pos) + 1
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    char = exc.character
+    shown = f"#x{char:04x}" if isinstance(char, int) else repr(char)
+    return SuiteError(f"not valid YAML: the control character {shown} at column {column} is "
+                      "not allowed", file=file, line=line,
+                      hint="names and values are one line of printable text")
 
 
 def _field(loc: Loc) -> str:
@@ -194,9 +241,7 @@ class TestConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("use letters, digits and . _ + - only")
-        return v
+        return check_name(v)
 
 
 class GateConfig(_Strict):
@@ -215,13 +260,13 @@ class GateConfig(_Strict):
 class ColumnConfig(_Strict):
     test: str
     metric: str
-    header: str | None = None
+    header: Line | None = None
     param: str | None = None
     format: Literal["percent", "number", "seconds"] | None = None
 
 
 class ReferenceConfig(_Strict):
-    source: str
+    source: Line
     rows: dict[str, list[float | None]]
 
 
@@ -239,12 +284,12 @@ class TableConfig(_Strict):
     """A composed table. Rows are model ids, or settings (``param`` values such as
     ``layer=features.0``) when ``model`` is given or for a ``matrix``."""
 
-    title: str
+    title: Line
     columns: list[ColumnConfig] | None = Field(default=None, min_length=1)
     matrix: MatrixConfig | None = None
     model: str | None = None
     rows: list[str] | None = None
-    labels: dict[str, str] | None = None
+    labels: dict[str, Line] | None = None
     reference: ReferenceConfig | None = None
     notes: str | None = None
 
@@ -289,14 +334,22 @@ class Suite(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError("use letters, digits and . _ + - only (it names the run folder)")
-        return v
+        try:
+            return check_name(v)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (it names the run folder)") from None
 
     # filled in by load_suite
     _file: str = ""
     _text: str = ""
     _lines: dict[Loc, int] = {}
+    _code: list[Any] = []
+
+    @property
+    def code(self) -> list["CodeRef"]:
+        """The code (``package.module:callable``) the suite's plugins will import and call, as
+        its parameters name it (known once its plugins were checked)."""
+        return list(self._code)
 
     @property
     def file(self) -> str:
@@ -421,8 +474,10 @@ def _allowed_fields(loc: Loc) -> list[str]:
     return list(model.model_fields) if model is not None else []
 
 
-def parse_suite(text: str, file: str = "<suite>", registry: Any = None) -> Suite:
-    """Schema-check a suite's text, then (with a registry) every plugin it names."""
+def parse_suite(text: str, file: str = "<suite>", registry: Any = None,
+                allow: list[str] | None = None) -> Suite:
+    """Schema-check a suite's text, then (with a registry) every plugin it names. ``allow``:
+    the packages whose code (model factories...) the suite may name; None: any."""
     data, lines = load_yaml(text, file)
     if not isinstance(data, dict):
         raise SuiteError("a suite is a mapping with at least name, models and tests", file=file,
@@ -434,17 +489,81 @@ def parse_suite(text: str, file: str = "<suite>", registry: Any = None) -> Suite
     suite._file, suite._text, suite._lines = file, text, lines
     _check_references(suite)
     if registry is not None:
-        check_plugins(suite, registry)
+        built = check_plugins(suite, registry)
+        suite._code = code_refs(suite, built)
+        check_code(suite, allow)
     _check_outputs(suite)
     return suite
+
+
+# --------------------------------------------------------------------------- code in suites
+
+#: comma-separated packages whose code (model factories...) suites may name; unset: any
+ALLOW_ENV = "HARNESS_ALLOW_FACTORIES"
+
+
+@dataclass(frozen=True)
+class CodeRef:
+    """Code a suite makes the harness import and call: ``target`` (``package.module:callable``)
+    from parameter ``loc`` of ``plugin``."""
+
+    loc: Loc
+    line: int | None
+    target: str
+    plugin: str
+
+    @property
+    def module(self) -> str:
+        return self.target.partition(":")[0]
+
+
+def code_refs(suite: Suite, built: dict[Loc, Any]) -> list[CodeRef]:
+    from .base import plugin_label
+
+    out = []
+    for loc, obj in built.items():
+        for param, target in obj.code():
+            out.append(CodeRef(loc + (param,), suite.line(loc + (param,)), target,
+                               plugin_label(obj)))
+    return out
+
+
+def allowed_code(no_code: bool = False) -> list[str] | None:
+    """The packages whose code suites may name: none with ``no_code``, else those of
+    ``$HARNESS_ALLOW_FACTORIES`` (comma-separated; empty: none), else any (None)."""
+    if no_code:
+        return []
+    env = os.environ.get(ALLOW_ENV)
+    if env is None:
+        return None
+    return [p.strip() for p in env.split(",") if p.strip()]
+
+
+def check_code(suite: Suite, allow: list[str] | None) -> None:
+    """Refuse (one line, before anything is imported) code outside the ``allow``ed packages:
+    ``pkg`` allows ``pkg`` and ``pkg.anything``."""
+    if allow is None:
+        return
+    for ref in suite.code:
+        if any(ref.module == p or ref.module.startswith(p + ".") for p in allow):
+            continue
+        why = ("--no-code refuses every suite that names code to run" if not allow
+               else f"{ALLOW_ENV} allows only {', '.join(allow)}")
+        raise suite.error(ref.loc, f"{ref.target!r} is code this suite would import and run, "
+                                   f"and {why}",
+                          hint="run only suites you would run as code; if you trust this one, "
+                               f"add its package to {ALLOW_ENV}")
 
 
 def _check_references(suite: Suite) -> None:
     """Names that must refer to something else in the suite."""
     for mid in suite.models:
-        if not NAME_RE.match(str(mid)):
-            raise suite.error(("models", mid), f"model id {mid!r} may only use letters, digits "
-                                                "and . _ + -")
+        try:
+            check_name(mid)
+        except ValueError as exc:
+            raise suite.error(("models", mid), f"model id {str(mid)[:40]!r}"
+                                               f"{'...' if len(str(mid)) > 40 else ''}: {exc}"
+                              ) from None
     seen: dict[str, int] = {}
     for i, test in enumerate(suite.tests):
         if test.name in seen:
@@ -656,9 +775,10 @@ def settings_of(suite: Suite, i: int, built: dict[Loc, Any]) -> list[str]:
     return out
 
 
-def load_suite(path: str | Path, registry: Any = None) -> Suite:
+def load_suite(path: str | Path, registry: Any = None, *, no_code: bool = False) -> Suite:
     """Read, schema-check and (with a registry) plugin-check the suite at ``path`` (or the
-    bundled suite of that name)."""
+    bundled suite of that name). Code it names (model factories) must be in the packages
+    ``$HARNESS_ALLOW_FACTORIES`` allows, if set; ``no_code``: it may name none."""
     p = resolve_suite_path(path)
     if not p.exists():
         names = ", ".join(bundled_suites()) or "none"
@@ -670,4 +790,4 @@ def load_suite(path: str | Path, registry: Any = None) -> Suite:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SuiteError(f"cannot read: {exc}", file=str(path)) from None
-    return parse_suite(text, str(p), registry)
+    return parse_suite(text, str(p), registry, allowed_code(no_code))

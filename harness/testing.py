@@ -69,11 +69,14 @@ def strict_device(what: str = "the code") -> Iterator[None]:
     try:
         with torch.device("meta"):
             yield
-    except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
-        if "meta" not in str(exc):
+    except Exception as exc:
+        # a plugin's own exception reaches here wrapped (PluginCrash): look at the original
+        inner = getattr(exc, "original", exc)
+        if not (isinstance(inner, (RuntimeError, NotImplementedError, TypeError, ValueError))
+                and "meta" in str(inner)):
             raise
         raise AssertionError(f"{what} made a tensor without saying on which device (it would "
-                             f"be on the CPU while the model is on CUDA): {exc}") from exc
+                             f"be on the CPU while the model is on CUDA): {inner}") from inner
 
 
 def check_attack(attack: Attack, model: Model | None = None, data: Data | None = None,

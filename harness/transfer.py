@@ -77,21 +77,45 @@ def matches(meta: dict[str, Any], wanted: dict[str, Any]) -> bool:
 
 
 def load(npz: Path) -> dict[str, np.ndarray]:
-    with np.load(npz) as f:
+    with np.load(npz, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
 
 def find_reusable(run_dir: Path, test: str, model: str,
                   wanted: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    """The examples saved in ``run_dir`` for (test, model), if made the way ``wanted`` says."""
-    base = run_dir / "artifacts" / test
-    meta_path, npz_path = base / f"{model}.json", base / f"{model}.npz"
+    """The examples saved in ``run_dir`` for (test, model), if made the way ``wanted`` says.
+    Their paths must stay inside the run folder; files that cannot be read, or hold arrays
+    of the wrong kind, are a :class:`HarnessError` naming the file."""
+    from .errors import HarnessError
+    from .store import RunStore
+
+    store = RunStore(run_dir)
+    meta_path = store.file(f"artifacts/{test}/{model}.json", must_exist=False)
+    npz_path = store.file(f"artifacts/{test}/{model}.npz", must_exist=False)
     if not (meta_path.is_file() and npz_path.is_file()):
         return None
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
-    if not matches(meta, wanted):
+    if not isinstance(meta, dict) or not matches(meta, wanted):
         return None
-    return load(npz_path)
+    try:
+        arrays = load(npz_path)
+    except Exception as exc:  # a damaged zip, a pickled object...
+        raise HarnessError(f"{npz_path} cannot be read: {type(exc).__name__}: "
+                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+                           hint="run without --reuse, or reuse another run") from None
+    n = wanted.get("n")
+    expect = {"x_adv": np.floating, "success": np.bool_}
+    for key, kind in expect.items():
+        arr = arrays.get(key)
+        if arr is None or not np.issubdtype(arr.dtype, kind) or len(arr) != n:
+            raise HarnessError(f"{npz_path}: {key} is missing or is not {n} "
+                               f"{'images' if key == 'x_adv' else 'flags'}",
+                               hint="run without --reuse, or reuse another run")
+    if "target" in arrays and (not np.issubdtype(arrays["target"].dtype, np.integer)
+                               or len(arrays["target"]) != n):
+        raise HarnessError(f"{npz_path}: target is not {n} labels",
+                           hint="run without --reuse, or reuse another run")
+    return arrays

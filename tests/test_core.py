@@ -7,7 +7,7 @@ import torch
 
 import tiny_models
 from harness import (Attack, AttackResult, Context, HarnessError, Model, ModelError, ParamError,
-                     check_target, choose_targets, resolve_device)
+                     PluginError, check_target, choose_targets, resolve_device)
 from harness_plugins.attacks.noise import GaussianNoise
 
 
@@ -54,7 +54,8 @@ def test_attack_base_batches_and_measures_distortion(model, digits):
 
 
 def test_attack_base_refuses_to_leave_the_box(model, digits):
-    with pytest.raises(RuntimeError, match=r"left the \[0, 1\] box"):
+    with pytest.raises(PluginError, match=r"returned images outside \[0, 1\].*expected images "
+                                          r"in the \[0, 1\] box"):
         Shift(amount=0.5, clip=False)(model, digits.x, digits.y)
     with pytest.raises(ValueError, match="must lie in"):
         Shift()(model, digits.x + 2, digits.y)

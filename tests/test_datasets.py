@@ -31,9 +31,32 @@ def test_mnist_in_torchvision_layout(mnist_dir, tmp_path):
         shutil.copy(f, raw / f.name)
     for f in (mnist_dir / "mnist").glob("train-*.gz"):
         (raw / f.name).symlink_to(f.resolve())
+    before = sorted(p.name for p in raw.iterdir())
     ctx = Context(cache_dir=tmp_path / "cache")
     data = ctx.dataset("mnist", split="test", root=str(tmp_path / "root"), download=False)
     assert len(data) == 10000
+    # unpacked into the cache, never beside the originals (the data folder may be read-only)
+    assert sorted(p.name for p in raw.iterdir()) == before
+    assert not list((tmp_path / "root").rglob("*-ubyte"))
+    assert len(list((tmp_path / "cache").rglob("*-ubyte"))) == 4
+
+
+@pytest.mark.parametrize("layout", ["MNIST/raw", "mnist"])
+def test_a_damaged_mnist_file_says_its_checksum_does_not_match(mnist_dir, tmp_path, layout):
+    folder = tmp_path / "root" / layout
+    folder.mkdir(parents=True)
+    for f in (mnist_dir / "mnist").glob("*.gz"):
+        (folder / f.name).symlink_to(f.resolve())
+    bad = folder / "t10k-labels-idx1-ubyte.gz"
+    bad.unlink()
+    data = (mnist_dir / "mnist" / bad.name).read_bytes()
+    bad.write_bytes(data[:-100])
+    ctx = Context(cache_dir=tmp_path / "cache")
+    with pytest.raises(DataError) as info:
+        ctx.dataset("mnist", split="test", root=str(tmp_path / "root"))
+    msg = str(info.value)
+    assert msg.startswith(f"{bad}: checksum does not match the original MNIST file") \
+        and "replace it" in msg and "download" not in msg and "\n" not in msg
 
 
 def test_mnist_missing_offline_is_a_clear_error(tmp_path, monkeypatch):

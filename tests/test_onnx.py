@@ -578,3 +578,42 @@ tests:""") + """  - name: to-deployment
     summary = RunStore(tmp_path / "run2" / "run").summary()
     grads = {m["id"]: m["gradients"] for m in summary["models"]}
     assert grads == {"torch-net": "autograd", "deployed": None}
+
+
+def test_onnx_models_leave_the_home_folder_alone(tmp_path, env_with_tests_on_path):
+    """onnxruntime's telemetry store (~/.cache/Microsoft/DeveloperTools) is turned off: a run
+    with an ONNX model writes nothing under the home folder (a CI job's may be read-only)."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    gen = np.random.default_rng(0)
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1)]
+    inits = [numpy_helper.from_array(gen.normal(size=(10, 64)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.zeros(10, np.float32), "b")]
+    model = make_graph(nodes, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                             ["N", 1, 8, 8])],
+                       [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+                       inits, opset=17)
+    path = tmp_path / "net.onnx"
+    path.write_bytes(model.SerializeToString())
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"""\
+name: ort
+data: {{use: digits, split: test, limit: 20}}
+models:
+  net: {{use: onnx, path: "{path}", gradients: none}}
+tests:
+  - name: clean
+""")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in env_with_tests_on_path.items()
+           if k not in ("XDG_CACHE_HOME", "ORT_DISABLE_TELEMETRY")}
+    env.update(HOME=str(home), HARNESS_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite), "--out",
+                           str(tmp_path / "run"), "-q"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert list(home.rglob("*")) == []

@@ -114,7 +114,7 @@ def test_a_package_that_fails_to_import_is_named(tmp_path, monkeypatch, capsys):
     (info / "entry_points.txt").write_text("[harness]\nbroken = broken_plugins\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match=r"plugin package 'broken' \(broken_plugins, from "
-                                          r"broken-plugins\) failed to load: ImportError: needs libfoo 2"):
+                                          r"broken-plugins 0.1\) failed to load: ImportError: needs libfoo 2"):
         _registry()
     from harness.cli import main
 

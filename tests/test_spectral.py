@@ -482,3 +482,29 @@ def test_runs_in_a_suite(tmp_path):
     summary, tables = build_tables(RunStore(tmp_path / "run"))
     md = render_markdown(summary, tables)
     assert "Linear: the largest singular value" in md and "Convolutions (zero padding)" in md
+
+
+@pytest.mark.parametrize("jump", [nn.Hardshrink(0.5), nn.Threshold(0.1, 20.0)])
+def test_discontinuous_layers_make_the_network_bound_infinite(jump):
+    """Hardshrink jumps at +-lambda (Threshold at its threshold): no Lipschitz constant, so
+    the layer's bound and the network's are infinite, with the reason beside them."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 4), jump, nn.Linear(4, 2))
+    res = analyse(net, (4,))
+    bounds = records(res)
+    assert bounds["layer=1"] == math.inf and bounds["network"] == math.inf
+    assert math.isfinite(bounds["layer=0"]) and math.isfinite(bounds["layer=2"])
+    name = type(jump).__name__
+    assert any(n.startswith(f"Discontinuous layers ({name}: it jumps") for n in res.notes)
+    assert any(n.startswith(f"Network: infinite, because layer(s) 1 ({name}") for n in res.notes)
+    # a jump inside an unknown or branching model still makes the whole bound infinite
+    res = analyse(nn.Sequential(nn.Linear(4, 4), Square(), jump, nn.Linear(4, 2)), (4,))
+    assert records(res)["network"] == math.inf
+
+
+def test_continuous_shrinks_and_thresholds_keep_slope_one():
+    res = analyse(nn.Sequential(nn.Softshrink(0.5), nn.Hardshrink(0.0), nn.Threshold(0.3, 0.3),
+                                nn.Tanhshrink()), (5,))
+    bounds = records(res)
+    assert [bounds[f"layer={i}"] for i in range(4)] == [1.0, 1.0, 1.0, 1.0]
+    assert bounds["network"] == 1.0

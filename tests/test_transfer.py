@@ -179,3 +179,42 @@ def test_cases_plan(write_suite, registry):
     assert [mid for _, _, mid in suite.cases()] == ["near", "mlp", "(baseline)"]
     no_baseline = SUITE.replace("    baseline: {use: gaussian-noise, stddev: [0.1, 0.3], clip: false}\n", "")
     assert [mid for _, _, mid in load_suite(write_suite(no_baseline), registry).cases()] == ["near", "mlp"]
+
+
+def test_noise_distortion_is_over_all_images_in_every_test_kind(tmp_path, capsys):
+    """Noise has no goal: the noise test and a transfer test's noise rows both average its
+    distortion over all images (the same draws, the same number), and say how many; the
+    attack's distortion stays over its successful images."""
+    from harness.cli import main
+
+    text = """\
+name: noise-conventions
+seed: 1
+data: {use: digits, split: test, limit: 40}
+models:
+  near: {use: torch, factory: "tiny_models:digits_template", input_shape: [1, 8, 8]}
+tests:
+  - name: noise
+    attack: {use: gaussian-noise, stddev: 0.05, clip: false}
+    metrics: [success_rate, mean_distortion]
+  - name: xfer
+    attack: {use: lbfgs, search_steps: 2}
+    transfer: all
+    baseline: {use: gaussian-noise, stddev: 0.05, clip: false}
+"""
+    code, df = run_suite_text(text, tmp_path)
+    assert code == 0
+    value = lambda test, param: df[(df.test == test) & (df.metric == "mean_distortion")
+                                   & (df.param == param)].iloc[0]
+    noise, row = value("noise", ""), value("xfer", "gaussian-noise")
+    success = df[(df.test == "noise") & (df.metric == "success_rate")].value.iloc[0]
+    assert success < 0.5  # most noisy images are still classified right...
+    assert noise.n == row.n == 40  # ...yet the distortion is over all of them
+    assert noise.value == pytest.approx(row.value, rel=1e-6)
+    assert noise.value == pytest.approx(0.05, rel=0.1)
+    attack = value("xfer", "made_for=near")
+    rate = df[(df.test == "xfer") & (df.metric == "success_rate")].value.iloc[0]
+    assert attack.n == round(rate * 40)
+    assert main(["plugins", "--kind", "metric"]) == 0
+    listing = capsys.readouterr().out
+    assert "over successful images (noise: over all images)" in " ".join(listing.split())

@@ -58,3 +58,48 @@ def small_conv(classes: int = 4, seed: int = 0) -> nn.Module:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
     return model
+
+
+class _OnGrid(nn.Module):
+    """Wraps a digits classifier: NaN logits for any input with a pixel off the digits' grid
+    of 17 levels (k/16), so clean images are fine and perturbed ones are not."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        off = ((x * 16 - (x * 16).round()).abs() > 1e-4).flatten(1).any(1)
+        return torch.where(off[:, None], torch.full_like(out, float("nan")), out)
+
+
+def nan_when_perturbed() -> nn.Module:
+    """The nearest-mean digits classifier, with NaN logits for perturbed inputs only."""
+    return _OnGrid(digits_template())
+
+
+class _Sleepy(nn.Module):
+    def __init__(self, inner: nn.Module, seconds: float):
+        super().__init__()
+        self.inner, self.seconds = inner, seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(self.seconds)
+        return self.inner(x)
+
+
+def sleepy(seconds: float = 1.0) -> nn.Module:
+    """The nearest-mean digits classifier, sleeping ``seconds`` in every forward pass (a run
+    that can be stopped at a known moment); ``$TINY_SLEEP`` overrides ``seconds``, so that
+    the same suite can run fast when it is resumed."""
+    import os
+
+    return _Sleepy(digits_template(), float(os.environ.get("TINY_SLEEP", seconds)))
+
+
+def exits(code: int = 3) -> nn.Module:
+    """A factory that ends the process (a plugin bug the harness must contain)."""
+    raise SystemExit(code)

@@ -9,9 +9,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ..errors import HarnessError
 from ..store import RunStore
-from ..suite import Suite, parse_suite, metric_specs
+from ..suite import Suite, metric_specs
 
 PERCENT_SUFFIXES = ("_error", "_rate")
 
@@ -35,8 +34,24 @@ def metric_format(metric: str) -> str:
     return "number"
 
 
-def fmt(value: Any, kind: str) -> str:
+class Values(dict):
+    """(test, model, metric, param) -> value, with ``n`` beside: the images each value is
+    taken over (NaN where not known)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n: dict[tuple[str, str, str, str], float] = {}
+
+    def cell(self, key: tuple[str, str, str, str], kind: str) -> str:
+        return fmt(self.get(key), kind, self.n.get(key))
+
+
+def fmt(value: Any, kind: str, n: Any = None) -> str:
+    """A value for a table: "-" where there is none; "n=0" where it is a rate or a mean over
+    no images (never "nan")."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
+        if n is not None and n == 0:
+            return "n=0"
         return "-"
     value = float(value)
     if kind == "percent":
@@ -52,10 +67,7 @@ def fmt(value: Any, kind: str) -> str:
 
 
 def _suite_of(store: RunStore) -> Suite:
-    try:
-        return parse_suite(store.suite_text(), str(store.path / "suite.yaml"))
-    except HarnessError as exc:
-        raise HarnessError(f"the run's suite cannot be read again: {exc}") from None
+    return store.suite()
 
 
 def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
@@ -66,9 +78,11 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
     df = store.results()
     tables: list[Table] = []
 
-    lookup: dict[tuple[str, str, str, str], float] = {}
+    lookup = Values()
     for rec in df.itertuples(index=False):
-        lookup[(rec.test, rec.model, rec.metric, rec.param or "")] = rec.value
+        key = (rec.test, rec.model, rec.metric, rec.param or "")
+        lookup[key] = rec.value
+        lookup.n[key] = rec.n
 
     for table in suite.tables:
         tables.append(_layout_table(suite, table, lookup, df))
@@ -89,7 +103,7 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         parts = []  # rows that share no metric with the others get a table of their own
         for group_metrics, group_keys in _metric_groups(test.name, keys, metrics, lookup):
             rows = [[mid] + ([param] if with_param else [])
-                    + [fmt(lookup.get((test.name, mid, m, param)), metric_format(m))
+                    + [lookup.cell((test.name, mid, m, param), metric_format(m))
                        for m in group_metrics] for mid, param in group_keys]
             parts.append((["model"] + (["setting"] if with_param else []) + group_metrics, rows))
         headers, rows = parts[0] if parts else (["model"] + metrics, [])
@@ -99,11 +113,12 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
             params_txt = ", ".join(f"{k}={v}" for k, v in what.params.items())
             title += f": {what.use}" + (f" ({params_txt})" if params_txt else "")
         spec = test.data or suite.data
-        n = sub["n"].iloc[0] if "n" in sub.columns and len(sub) else None
+        images = [c.get("images") or 0 for c in cases if c.get("test") == test.name]
+        n = max(images) if images else None
         notes = []
-        if spec and (n is None or n == n and int(n) > 0):
+        if spec and (test.analysis is None or n):
             notes.append(f"data: {spec.use} " + ", ".join(f"{k}={v}" for k, v in spec.params.items())
-                         + (f"; {int(n)} images" if n is not None and n == n else ""))
+                         + (f"; {int(n)} images" if n else ""))
         table = Table(title, headers, rows, notes)
         table.notes += _case_notes(cases, test.name, table)
         tables.append(table)
@@ -211,12 +226,14 @@ def _matrix_table(suite: Suite, test: Any, metric: str, models: list[str] | None
         headers = [headers[0]] + [h for c in headers[1:] for h in (c, "paper")]
     out = []
     for param in order:
-        values = [lookup.get((test.name, m, metric, param)) for m in columns]
+        keys = [(test.name, m, metric, param) for m in columns]
         if distortion:
             made_for = param.split(",")[0].partition("made_for=")[2]
             owner = made_for or (columns[0] if columns else "")
-            values.append(lookup.get((test.name, owner, "mean_distortion", param)))
-        cells = [fmt(v, k) for v, k in zip(values, kinds)]
+            keys.append((test.name, owner, "mean_distortion", param))
+        values = [lookup.get(key) for key in keys]
+        cells = [fmt(lookup.get(key), k, getattr(lookup, "n", {}).get(key))
+                 for key, k in zip(keys, kinds)]
         if reference is not None:
             ref_vals = reference.rows.get(param) or []
             refs = [fmt(ref_vals[k] if k < len(ref_vals) else None, kinds[k])
@@ -261,7 +278,8 @@ def transfer_findings(test: str, columns: list[str], rows: list[str], metric: st
     errors, dists = off_diagonal("plain")
     if errors:
         d = mean(dists)
-        line = (f"finding: examples made for another model (av. distortion {d:.3g}) give a mean "
+        line = (f"finding: examples made for another model (av. distortion {fmt(d, 'number')}) "
+                f"give a mean "
                 f"{metric} of {fmt(mean(errors), 'percent')} (from {fmt(min(errors), 'percent')}"
                 f" to {fmt(max(errors), 'percent')}) on the models they were not made for")
         baselines = [p for p in rows if "made_for=" not in p]
@@ -271,12 +289,12 @@ def transfer_findings(test: str, columns: list[str], rows: list[str], metric: st
             closest = min(baselines, key=lambda p: abs(base_dist(p) - d))
             noise = mean([v for m in columns if (v := lookup.get((test, m, metric, closest)))
                           is not None])
-            line += (f"; {closest} (distortion {base_dist(closest):.3g}) gives "
+            line += (f"; {closest} (distortion {fmt(base_dist(closest), 'number')}) gives "
                      f"{fmt(noise, 'percent')}")
         out.append(line)
     amp_errors, amp_dists = off_diagonal("amplified")
     if amp_errors and errors:
-        out.append(f"finding: amplified to distortion {mean(amp_dists):.3g}, the same "
+        out.append(f"finding: amplified to distortion {fmt(mean(amp_dists), 'number')}, the same "
                    f"perturbations give {fmt(mean(amp_errors), 'percent')} on the other models "
                    f"(unamplified: {fmt(mean(errors), 'percent')})")
     return out
@@ -312,13 +330,13 @@ def _layout_table(suite: Suite, table: Any, lookup: dict, df: Any = None) -> Tab
         for k, col in enumerate(table.columns):
             kind = col.format or metric_format(col.metric)
             param = (col.param or "").replace("{model}", rid)
-            value = None
+            value, key = None, None
             for metric in col.metric.split("|"):  # "a|b": the first one the row has
                 key = ((col.test, rid, metric, param) if table.rows_are_models
                        else (col.test, table.model, metric, rid))
                 if (value := lookup.get(key)) is not None:
                     break
-            row.append(fmt(value, kind))
+            row.append(fmt(value, kind, getattr(lookup, "n", {}).get(key)))
             if ref:
                 row.append(fmt(ref_vals[k] if k < len(ref_vals) else None, kind))
         rows.append(row)
@@ -333,7 +351,7 @@ def _layout_table(suite: Suite, table: Any, lookup: dict, df: Any = None) -> Tab
 def header_lines(summary: dict[str, Any]) -> list[str]:
     suite = summary.get("suite", {})
     lines = [f"suite {suite.get('name', '?')} ({suite.get('file', '?')}), seed {summary.get('seed')}, "
-             f"device {summary.get('device')}, {summary.get('seconds', 0):.1f} s"]
+             f"device {summary.get('device')}, {summary.get('seconds') or 0:.1f} s"]
     if summary.get("shard"):
         k, n = summary["shard"]
         lines.append(f"SHARD {k}/{n}: the tables hold this shard's cases; combine the {n} "

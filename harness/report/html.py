@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import re
 from pathlib import Path
 from typing import Any
 
+from ..store import RunStore
 from . import Table, header_lines
 
 _NUMERIC = re.compile(r"^[-+]?(\d|\.\d)|^-$")
@@ -38,8 +40,10 @@ figcaption { color: #57606a; font-size: .85rem; }
 """
 
 
-def _figure_html(run_dir: Path, rel: str) -> str:
-    path = run_dir / rel
+def _figure_html(store: RunStore, rel: str) -> str:
+    """A figure of the run folder as a data URI; its path must stay inside the folder (a
+    path or a link leading out of it is refused)."""
+    path = store.file(rel, must_exist=False)
     if not path.is_file():
         return f'<p class="notes">missing figure: {html.escape(rel)}</p>'
     data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -48,7 +52,7 @@ def _figure_html(run_dir: Path, rel: str) -> str:
             f"<figcaption>{name}</figcaption></figure>")
 
 
-def _table_html(t: Table, run_dir: Path) -> str:
+def _table_html(t: Table, store: RunStore) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
     body = []
     for row in t.rows:
@@ -63,40 +67,44 @@ def _table_html(t: Table, run_dir: Path) -> str:
             cells.append(f"<td{cls}>{html.escape(str(cell))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     notes = "".join(f'<p class="notes">{html.escape(n)}</p>' for n in t.notes)
-    notes += "".join(_figure_html(run_dir, f) for f in t.figures)
+    notes += "".join(_figure_html(store, f) for f in t.figures)
     table = (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
              if t.rows else "<p>(no results)</p>")
     return f"<h2>{html.escape(t.title)}</h2>{table}{notes}"
 
 
-def _figures_html(run_dir: Path, shown: set[str]) -> str:
-    """The run's figures that no table showed."""
-    folder = run_dir / "figures"
-    figs = [str(p.relative_to(run_dir)) for p in sorted(folder.glob("**/*.png"))] \
-        if folder.is_dir() else []
-    rest = [f for f in figs if f not in shown]
+def _figures_html(store: RunStore, shown: set[str]) -> str:
+    """The run's figures that no table showed (linked folders are not entered)."""
+    folder = store.file("figures", must_exist=False)
+    figs = []
+    if folder.is_dir():
+        for where, _, files in os.walk(folder):  # does not follow links to folders
+            figs += [Path(where, f).relative_to(store.path).as_posix() for f in files
+                     if f.endswith(".png")]
+    rest = [f for f in sorted(figs) if f not in shown]
     if not rest:
         return ""
-    return "<h2>Figures</h2>" + "".join(_figure_html(run_dir, f) for f in rest)
+    return "<h2>Figures</h2>" + "".join(_figure_html(store, f) for f in rest)
 
 
-def render_html(summary: dict[str, Any], tables: list[Table], run_dir: Path) -> str:
+def render_html(summary: dict[str, Any], tables: list[Table], run_dir: Path | RunStore) -> str:
     suite = summary.get("suite", {})
     title = f"Run of suite {suite.get('name', '?')}"
     verdict = summary.get("verdict") or ""
     cls = "ok" if verdict.startswith("OK") else "fail"
     if "skipped" in verdict and cls == "ok":
         cls = "skip"
+    store = run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir)
     meta = "".join(f"<div>{html.escape(line)}</div>" for line in header_lines(summary))
     versions = summary.get("versions") or {}
     if versions:
         meta += "<div>" + html.escape(", ".join(f"{k} {v}" for k, v in versions.items())) + "</div>"
-    body = "".join(_table_html(t, run_dir) for t in tables)
+    body = "".join(_table_html(t, store) for t in tables)
     shown = {f for t in tables for f in t.figures}
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><div class=\"meta\">{meta}</div>"
         f"<div class=\"verdict {cls}\">{html.escape(verdict)}</div>"
-        f"{body}{_figures_html(run_dir, shown)}</body></html>\n"
+        f"{body}{_figures_html(store, shown)}</body></html>\n"
     )

@@ -621,6 +621,9 @@ NOTES = {
                    "the padding) times the Fourier bound of the convolution of the padded input.",
     "pointwise": "Elementwise activations ({what}): the largest slope of the function "
                  "(Lipschitz in each coordinate, so in L2).",
+    "discontinuous": "Discontinuous layers ({what}): no Lipschitz constant at all (at a jump an "
+                     "arbitrarily small change of the input moves the output by a fixed amount), "
+                     "so their bound is infinite, and so is the network's.",
     "softmax": "Softmax: 1 (its Jacobian diag(p) - p p^T has eigenvalues in [0, max p]).",
     "reshape": "{what}: 1 (they only move values; dropout is the identity in eval mode).",
     "maxpool": "Max pooling: sqrt(m), m the largest number of windows one input lies in "
@@ -641,7 +644,10 @@ NOTES = {
 }
 
 POINTWISE_ONE = (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Softsign, nn.CELU,
-                 nn.Hardshrink, nn.Softshrink, nn.Tanhshrink)
+                 nn.Softshrink, nn.Tanhshrink)
+#: elementwise functions that jump, so have no Lipschitz constant (Threshold only when its
+#: replacement value differs from its threshold)
+DISCONTINUOUS = (nn.Hardshrink, nn.Threshold)
 RESHAPE = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
            nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
@@ -649,8 +655,8 @@ AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 KNOWN_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU,
                nn.Sigmoid, nn.Hardsigmoid, nn.GELU, nn.SiLU, nn.Hardswish, nn.Softmax,
-               nn.LocalResponseNorm, ContrastNorm) + POINTWISE_ONE + RESHAPE + MAXPOOL \
-    + AVGPOOL + BATCHNORM
+               nn.LocalResponseNorm, ContrastNorm) + POINTWISE_ONE + DISCONTINUOUS + RESHAPE \
+    + MAXPOOL + AVGPOOL + BATCHNORM
 #: largest slopes: GELU (exact erf form) 1.12880 at x = sqrt 2, SiLU 1.09984, rounded up
 GELU_SLOPE, SILU_SLOPE = 1.129, 1.1
 
@@ -689,6 +695,9 @@ def bound_layer(call: LayerCall, dtype: torch.dtype = torch.float64) -> LayerBou
         return LayerBound(res.value, kind, numbers)
     if isinstance(mod, RESHAPE):
         return LayerBound(1.0, "reshape", what=name)
+    jump = _jump(mod)
+    if jump:
+        return LayerBound(math.inf, "discontinuous", reason=jump, what=f"{name}: {jump}")
     slope = _slope(mod)
     if slope is not None:
         return LayerBound(slope, "pointwise", what=f"{name} {slope:.4g}")
@@ -719,9 +728,20 @@ def bound_layer(call: LayerCall, dtype: torch.dtype = torch.float64) -> LayerBou
     return _unknown(f"no bound is known for {name}")
 
 
+def _jump(mod: nn.Module) -> str:
+    """Where an elementwise function jumps (so has no Lipschitz constant), or ""."""
+    if isinstance(mod, nn.Hardshrink) and mod.lambd > 0:
+        return f"it jumps by {mod.lambd:g} at +-{mod.lambd:g}"
+    if isinstance(mod, nn.Threshold) and mod.value != mod.threshold:
+        return f"it jumps from {mod.value:g} to {mod.threshold:g} at {mod.threshold:g}"
+    return ""
+
+
 def _slope(mod: nn.Module) -> float | None:
     """The largest slope of an elementwise activation, or None."""
     if isinstance(mod, POINTWISE_ONE):
+        return 1.0
+    if isinstance(mod, DISCONTINUOUS):  # without a jump: Hardshrink(0) and Threshold(t, t)
         return 1.0
     if isinstance(mod, nn.LeakyReLU):
         return max(1.0, abs(mod.negative_slope))
@@ -880,7 +900,15 @@ class SpectralBounds(Analysis):
                 if metric == "paper_bound" or self.details:
                     res.add(metric, value, param)
         res.notes += [NOTES[k].replace("{what}", ", ".join(whats.get(k, []))) for k in kinds]
+        infinite = [f"{call.label} ({b.what})" for call, b in zip(trace.calls, bounds)
+                    if b.value is not None and math.isinf(b.value)]
         valid = trace.sequential and not unknown
+        if infinite:  # bounds the network whatever its shape: it has no Lipschitz constant
+            res.add("upper_bound", math.inf, "network")
+            res.notes.append(
+                "Network: infinite, because layer(s) " + "; ".join(infinite) + " have no "
+                "Lipschitz constant: no finite number bounds how far the output moves.")
+            return res
         res.add("upper_bound", product if valid else math.nan, "network")
         if valid:
             if paper_product != product:

@@ -10,7 +10,8 @@ from harness import Attack, AttackResult, Context, Model, ParamError
 class GaussianNoise(Attack):
     """x + N(0, stddev^2) per pixel, clipped to [0, 1]; ``stddev`` a number or a list.
 
-    Untargeted: a success is an input the model misclassifies after the noise. The noise is
+    Untargeted: a success is an input the model misclassifies after the noise; its distortion
+    metrics are over all images (noise has no goal to reach). The noise is
     drawn from the run's seed on the CPU, so every model of a suite sees the same noisy images.
 
     ``clip: false`` leaves the noisy images unclipped (outside [0, 1]), so that the distortion
@@ -21,6 +22,9 @@ class GaussianNoise(Attack):
 
     sweep = "stddev"
     needs_gradients = False
+    #: noise has no goal: its distortion is over all images (a "success" is only an image the
+    #: model happens to misclassify)
+    distortion_over = "all"
 
     def __init__(self, *, stddev: float | list[float] = 0.1, clip: bool = True):
         values = stddev if isinstance(stddev, list) else [stddev]

@@ -51,14 +51,53 @@ def _find_mnist_files(root: Path) -> dict[str, Path] | None:
     return None
 
 
+#: md5 of the four original ``.gz`` files (as torchvision checks them)
+MNIST_MD5 = {"train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+             "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+             "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+             "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c"}
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _verify_mnist(found: dict[str, Path]) -> None:
+    """Check the md5 of each ``.gz`` file found (once per file and process): a damaged or
+    foreign file is a DataError saying so, not a failed download."""
+    for stem, path in found.items():
+        if path.suffix != ".gz":
+            continue
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if key in _VERIFIED:
+            continue
+        digest = hashlib.md5()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != MNIST_MD5[stem]:
+            raise DataError(f"{path}: checksum does not match the original MNIST file (md5 "
+                            f"{digest.hexdigest()}, expected {MNIST_MD5[stem]}); it is damaged "
+                            "or not MNIST", hint="replace it with the original file")
+        _VERIFIED.add(key)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
 class MNIST(DatasetPlugin):
     """MNIST handwritten digits (28x28, 10 classes) through torchvision's loader.
 
     Splits: ``train`` (60,000), ``test`` (10,000), ``p1``/``p2`` (the first and the second
     30,000 training images: the paper's disjoint halves). Reads the four original IDX files
     (``.gz`` or unpacked) from ``root``, ``--data-dir`` or ``$HARNESS_DATA_DIR``, in
-    torchvision's layout (``ROOT/MNIST/raw/``) or flat (``ROOT/mnist/``); downloads them into
-    the cache when they are nowhere and the network allows.
+    torchvision's layout (``ROOT/MNIST/raw/``) or flat (``ROOT/mnist/``); checks the md5 of
+    ``.gz`` files and unpacks them into the cache (the data folder may be read-only: nothing
+    is written there); downloads them into the cache when they are nowhere and the network
+    allows.
     """
 
     def __init__(self, *, split: Literal["train", "test", "p1", "p2"] = "test",
@@ -75,21 +114,30 @@ class MNIST(DatasetPlugin):
             found = _find_mnist_files(root)
             if found is None:
                 continue
+            _verify_mnist(found)
             raw = {p.parent for p in found.values()}
-            if len(raw) == 1 and raw.pop() == root / "MNIST" / "raw":
-                return root, True
-            # another layout: link the files into torchvision's layout inside the cache
+            if len(raw) == 1 and raw.pop() == root / "MNIST" / "raw" \
+                    and _inside(root, ctx.cache_dir):
+                return root, True  # the cache's own copy (downloaded there earlier)
+            # link the files into torchvision's layout inside the cache, where it unpacks
+            # them: never beside the originals
             digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
             stage = ctx.cache_dir / "mnist-staging" / digest
             target = stage / "MNIST" / "raw"
-            target.mkdir(parents=True, exist_ok=True)
-            for path in found.values():
-                link = target / path.name
-                if link.is_symlink() or link.exists():
-                    if link.resolve() == path.resolve():
-                        continue
-                    link.unlink()
-                link.symlink_to(path.resolve())
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+                for path in found.values():
+                    link = target / path.name
+                    if link.is_symlink() or link.exists():
+                        if link.resolve() == path.resolve():
+                            continue
+                        link.unlink()
+                    link.symlink_to(path.resolve())
+            except OSError as exc:
+                raise DataError(f"cannot prepare MNIST in the cache ({target}): "
+                                f"{exc.strerror or exc}",
+                                hint="give a writable --cache-dir (or $HARNESS_CACHE_DIR)"
+                                ) from None
             return stage, True
         if not self.download:
             raise DataError(

@@ -45,8 +45,16 @@ class SuccessRate(Metric):
         return float(ev.result.success.float().mean())
 
 
+def _over(ev: Evaluation) -> torch.Tensor:
+    """The images a distortion is averaged over: where the attack succeeded, or all of them
+    for an attack without a goal (noise)."""
+    assert ev.result is not None
+    return ev.result.measured()
+
+
 class _SuccessfulDistortion(Metric):
-    """Per-image distortion sqrt(sum r^2 / n) over the successful images."""
+    """Per-image distortion sqrt(sum r^2 / n) over the successful images (all images for an
+    attack without a goal, such as noise)."""
 
     needs_attack = True
     higher_is_better = True
@@ -56,31 +64,39 @@ class _SuccessfulDistortion(Metric):
     def compute(self, ev: Evaluation) -> float | None:
         if ev.result is None:
             return None
-        values = getattr(ev.result, self.field)[ev.result.success]
+        values = getattr(ev.result, self.field)[_over(ev)]
         if values.numel() == 0:
-            return float("nan")
+            return float("nan")  # shown as n=0
         if self.reduce == "median":
             return float(values.float().quantile(0.5))
         return float(values.float().mean())
 
+    def count(self, ev: Evaluation) -> int | None:
+        return None if ev.result is None else int(_over(ev).sum())
+
 
 class MeanDistortion(_SuccessfulDistortion):
-    """Mean of the paper's distortion sqrt(sum r^2 / n) over successful images."""
+    """Mean of the paper's distortion sqrt(sum r^2 / n) over successful images (noise: over
+    all images)."""
 
-    description = "mean RMS perturbation sqrt(sum r^2 / n) over successful images"
+    description = ("mean RMS perturbation sqrt(sum r^2 / n): over the images where the attack "
+                   "succeeded; for noise, which has no goal, over all images")
 
 
 class MedianDistortion(_SuccessfulDistortion):
-    """Median of the paper's distortion sqrt(sum r^2 / n) over successful images."""
+    """Median of the paper's distortion sqrt(sum r^2 / n) over successful images (noise: over
+    all images)."""
 
-    description = "median RMS perturbation over successful images"
+    description = ("median RMS perturbation: over the images where the attack succeeded; for "
+                   "noise, over all images")
     reduce = "median"
 
 
 class MeanL2(_SuccessfulDistortion):
-    """Mean L2 norm of the perturbation over successful images."""
+    """Mean L2 norm of the perturbation over successful images (noise: over all images)."""
 
-    description = "mean L2 norm of the perturbation over successful images"
+    description = ("mean L2 norm of the perturbation: over the images where the attack "
+                   "succeeded; for noise, over all images")
     field = "l2"
 
 

@@ -62,6 +62,8 @@ class TorchModel(ModelPlugin):
     forward pass when not given.
     """
 
+    code_params = ("factory",)  # the factory is code the suite makes the harness run
+
     def __init__(self, *, factory: str, input_shape: list[int] | None = None,
                  kwargs: dict[str, Any] | None = None, weights: str | None = None,
                  sha256: str | None = None, num_classes: int | None = None,
