@@ -84,11 +84,26 @@ def _parse_shard(ctx: click.Context, param: click.Parameter,
 
 
 def _event_printer(quiet: bool):
+    """Progress on stderr: a line per model and per case, and per case a bar of its images
+    (images/s and the time left) that moves as its chunks finish."""
+    bars: dict[str, Any] = {}
+
     def on_event(kind: str, info: dict[str, Any]) -> None:
         if quiet:
             return
         from tqdm import tqdm
 
+        if kind == "case_start" and info.get("images"):
+            key = f"{info['test']}::{info['model']}"
+            bars[key] = tqdm(total=info["images"], desc=f"{info['test']} x {info['model']}",
+                             unit="img", leave=False, file=sys.stderr, disable=None,
+                             dynamic_ncols=True)
+            return
+        if kind == "chunk_end":
+            bar = bars.get(info["case"])
+            if bar is not None:
+                bar.update(info["images"])
+            return
         if kind == "start":
             line = f"running {info['cases']} case(s) on {info['device']}, seed {info['seed']}"
             if info.get("resumed"):
@@ -99,8 +114,16 @@ def _event_printer(quiet: bool):
             status = "ready" if info["status"] == "ok" else f"FAILED: {info['error']}"
             line = f"  model {info['model']}: {status} ({info['seconds']:.1f} s)"
         elif kind == "case_end":
-            status = "ok" if info["status"] == "ok" else f"ERROR: {info['error']}"
+            bar = bars.pop(f"{info['test']}::{info['model']}", None)
+            if bar is not None:
+                bar.close()
+            status = {"ok": "ok", "partial": "PARTIAL (chunks left to run)"}.get(
+                info["status"], f"ERROR: {info['error']}")
             when = "earlier run" if info.get("resumed") else f"{info['seconds']:.1f} s"
+            if info.get("images") and not info.get("resumed") and info["seconds"] > 0:
+                when += f", {info['images'] / info['seconds']:.1f} img/s"
+            if info.get("batch_size"):
+                when += f", batch size lowered to {info['batch_size']} to fit in memory"
             line = f"[{info['n']}/{info['of']}] {info['test']} x {info['model']}: {status} ({when})"
         else:
             return
@@ -187,25 +210,37 @@ def validate(suite: str, no_code: bool) -> int:
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads for torch (default: torch's choice, one per core).")
 @click.option("--no-code", is_flag=True, help=_NO_CODE_HELP)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True,
+              help="Where chunks run: in this process, or as Ray tasks (extra [ray]).")
+@click.option("--address", help="With --executor ray: the Ray cluster to join (default: start "
+                                "a local one).")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="DataLoader worker processes reading the data (default: the dataset's).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; tables only.")
 def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
         baseline: Path | None, reuse: Path | None, resume: Path | None,
         shard: tuple[int, int] | None, junit: Path | None, threads: int | None,
-        no_code: bool, quiet: bool) -> int:
+        no_code: bool, executor: str, address: str | None, workers: int | None,
+        quiet: bool) -> int:
     """Run SUITE (a YAML file, or the name of a bundled suite; default: quickstart), print its
     tables and write its run folder. SIGINT or SIGTERM stops it: what finished is saved and
     the command that finishes it is printed (exit 130 or 143)."""
+    if address is not None and executor != "ray":
+        raise HarnessError("--address names a Ray cluster; add --executor ray")
     with _StopSignals() as stops:
         return _run(suite, out, device, data_dir, limit, seed, no_cache, cache_dir, baseline,
-                    reuse, resume, shard, junit, threads, no_code, quiet, stops)
+                    reuse, resume, shard, junit, threads, no_code, quiet, stops,
+                    executor=executor, address=address, workers=workers)
 
 
 def _run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
          limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
          baseline: Path | None, reuse: Path | None, resume: Path | None,
          shard: tuple[int, int] | None, junit: Path | None, threads: int | None,
-         no_code: bool, quiet: bool, stops: _StopSignals) -> int:
+         no_code: bool, quiet: bool, stops: _StopSignals, executor: str = "local",
+         address: str | None = None, workers: int | None = None) -> int:
     from .context import resolve_device, silent_progress
     from .plugins import default_registry
     from .runner import RunOptions, run_suite
@@ -236,14 +271,12 @@ def _run(suite: str, out: Path | None, device: str | None, data_dir: Path | None
         base_store.check()
     registry = default_registry()
     s = load_suite(suite, registry, no_code=no_code)
-    if shard is not None and not s.cases(shard):
-        _err(f"note: shard {shard[0]}/{shard[1]} has no cases (shards own whole models, and "
-             f"the suite has {len(s.models)}); its folder still takes part in 'harness merge'")
     name = f"{s.name}-shard{shard[0]}of{shard[1]}" if shard else s.name
     store = RunStore(out or default_run_dir(name))
     options = RunOptions(device=device, seed=seed, data_dir=data_dir, limit=limit, reuse=reuse,
                          resume=resume is not None, shard=shard,
-                         cache_dir=cache_dir, use_cache=not no_cache,
+                         cache_dir=cache_dir, use_cache=not no_cache, workers=workers,
+                         executor=executor, address=address,
                          progress=silent_progress if quiet else _tqdm_progress,
                          on_event=_event_printer(quiet))
     again = f"harness run {suite}{f' --shard {shard[0]}/{shard[1]}' if shard else ''} " \
@@ -292,10 +325,11 @@ def _finish(store: Any, result: Any, junit: Path | None) -> None:
 def merge(run_dirs: tuple[Path, ...], out: Path | None, baseline: Path | None,
           junit: Path | None) -> int:
     """Combine the run folders of a suite's shards (harness run SUITE --shard K/N, one per K)
-    into one run folder, judge the gates on the whole, and print the tables. Nothing is
-    recomputed; the exit code is the one the whole suite would have given."""
+    into one run folder, judge the gates on the whole, and print the tables. No model runs:
+    every number is computed again from the shards' per-image ledgers, so it is the number of
+    a run in one go, and so is the exit code."""
+    from .merge import merge_runs
     from .plugins import default_registry
-    from .runner import merge_runs
     from .store import RunStore, default_run_dir
 
     stores = [RunStore(p) for p in run_dirs]

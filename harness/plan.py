@@ -131,6 +131,19 @@ class Plan:
         self._chunked = True
         return self
 
+    def from_summary(self, saved: list[Any]) -> "Plan":
+        """Take the chunks a run folder's summary recorded (to merge or re-summarize a run
+        without its data)."""
+        keyed = {(p.test, p.model): p for p in saved}
+        for case in self.cases:
+            p = keyed.get((case.test.name, case.model))
+            if p is None:
+                continue
+            case.images = p.images
+            case.chunks = [Chunk(case.key, k, int(a), int(b)) for k, (a, b) in enumerate(p.chunks)]
+        self._chunked = True
+        return self
+
     def chunks(self) -> Iterator[Chunk]:
         for case in self.cases:
             yield from case.chunks

@@ -40,12 +40,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from .errors import HarnessError
 from .suite import BASELINE, check_line, check_name
 
-RESULT_COLUMNS = ["test", "model", "param", "metric", "value", "n"]
+from .records import RESULT_COLUMNS
 
 #: the format of summary.json this version writes; a summary without ``format`` is format 1
 #: (written before the field existed). Format 2: ``n`` in results.csv is the number of images
-#: a value is taken over (before: the images of the test).
-SUMMARY_FORMAT = 2
+#: a value is taken over (before: the images of the test). Format 3: the per-image ledger
+#: (``ledger/``, ``chunks/``), the plan's chunks, and 95% intervals (``low``, ``high``) in
+#: results.csv.
+SUMMARY_FORMAT = 3
 
 #: the files every finished or interrupted run folder holds
 RUN_FILES = ("summary.json", "results.csv", "suite.yaml")
@@ -138,12 +140,17 @@ class CaseRecord(_Record):
 
     test: Name
     model: Annotated[str, AfterValidator(_case_model)]
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error", "partial"]
     seconds: float = 0.0
     error: str | None = None
     error_kind: Literal["input", "internal"] | None = None
     traceback: str | None = None
     images: int = Field(default=0, ge=0)
+    #: chunks of the case this run was to run, and how many it finished (format 3)
+    chunks: int | None = Field(default=None, ge=0)
+    chunks_done: int | None = Field(default=None, ge=0)
+    #: the attack batch size that fitted in the device's memory, when it had to shrink
+    batch_size: int | None = Field(default=None, ge=1)
     notes: list[str] = []
     figures: list[InsidePath] = []
     #: rows of results.csv it wrote (rows are in case order); absent before the field existed
@@ -177,6 +184,49 @@ class GateVerdict(_Record):
     passed: bool
     skipped: bool = False
     reason: str = ""
+    bound: str | None = None
+    paired: bool = False
+    alpha: float | None = None
+    #: a paired gate's test: p-value, the smallest worsening it could have detected, the
+    #: images it paired and its method
+    p_value: float | None = None
+    detectable: float | None = None
+    paired_n: int | None = None
+    test_method: str | None = None
+
+
+class PlanCase(_Record):
+    """A case of the plan and its chunks (ranges of image positions)."""
+
+    test: Name
+    model: Annotated[str, AfterValidator(_case_model)]
+    images: int = Field(ge=0)
+    chunks: list[list[int]]
+
+    @field_validator("chunks")
+    @classmethod
+    def _ranges(cls, v: list[list[int]]) -> list[list[int]]:
+        for r in v:
+            if len(r) != 2 or not 0 <= r[0] <= r[1]:
+                raise ValueError(f"{r} is not a range [start, stop]")
+        return v
+
+
+class ChunkFile(_Record):
+    """A chunk's record (``chunks/c<case>-k<chunk>.json``): checked on every read."""
+
+    case: Line
+    chunk: int = Field(ge=0)
+    start: int = Field(ge=0)
+    stop: int = Field(ge=0)
+    order: int = Field(ge=0)
+    seconds: float = Field(default=0.0, ge=0)
+    partials: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    files: list[InsidePath] = []
+    info: dict[str, Any] = {}
+    error: str | None = None
 
 
 class ShardInfo(_Record):
@@ -205,6 +255,10 @@ class RunSummary(_Record):
     shard: list[int] | None = None
     cases: list[CaseRecord]
     models: list[ModelRecord] = []
+    #: the plan's cases and chunks (format 3; None before)
+    plan: list[PlanCase] | None = None
+    #: figures drawn from the ledger, per test
+    figures: dict[str, list[InsidePath]] = {}
     gates: list[GateVerdict] = []
     exit_code: int | None = None
     verdict: Line = ""
@@ -345,6 +399,9 @@ class RunStore:
         for rec in records:
             row = dict(rec)
             row["value"] = repr(float(rec["value"]))
+            for key in ("low", "high"):   # an interval where the metric has one, else empty
+                v = row.get(key)
+                row[key] = "" if v is None or v != v else repr(float(v))
             writer.writerow({k: row.get(k, "") for k in RESULT_COLUMNS})
         atomic_write(self.path / "results.csv", buf.getvalue())
 
@@ -539,9 +596,16 @@ class RunStore:
             raise HarnessError(f"{path} lacks the column(s) {', '.join(missing)}", hint=_DAMAGED)
         if "param" not in df.columns:
             df["param"] = ""
-        if "n" not in df.columns:
-            df["n"] = ""
+        for column in ("n", "low", "high"):   # absent from folders of earlier formats
+            if column not in df.columns:
+                df[column] = ""
         df = df[RESULT_COLUMNS].copy()
+        for column in ("low", "high"):
+            try:
+                df[column] = [float(v) if v.strip() else math.nan for v in df[column]]
+            except (ValueError, AttributeError):
+                raise HarnessError(f"{path}: column {column} holds a value that is not a "
+                                   "number", hint=_DAMAGED) from None
         values, counts = [], []
         for i, (value, n) in enumerate(zip(df["value"], df["n"]), start=2):
             try:
@@ -620,26 +684,49 @@ class RunStore:
                      json.dumps(record, indent=1, default=str) + "\n")
 
     def chunk_records(self) -> dict[tuple[int, int], Any]:
-        """Every saved chunk's record, by (case order, chunk index)."""
+        """Every saved chunk's record, by (case order, chunk index); each checked (a chunk
+        whose ledger file is missing does not count as saved)."""
         from .records import ChunkRecord
 
+        ledger = {p.stem for p in self.check_ledger()}
         out = {}
-        folder = self.path / self.CHUNKS
-        if not folder.is_dir():
-            return out
-        for path in sorted(folder.glob("c*-k*.json")):
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                rec = ChunkRecord.from_dict(data)
-                order = int(data["order"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise HarnessError(f"{path} cannot be read: {exc}",
-                                   hint="delete it to run that chunk again") from None
-            if not (self.path / self.LEDGER / f"{path.stem}.parquet").is_file():
+        for path in self.check_tree(self.CHUNKS):
+            if path.suffix != ".json" or not path.name.startswith("c"):
                 continue
-            rec.info["error"] = data.get("error")
-            out[order, rec.chunk] = rec
+            name = path.relative_to(self.path).as_posix()
+            try:
+                data = ChunkFile.model_validate_json(self._read_bytes(name))
+            except pydantic.ValidationError as exc:
+                raise HarnessError(f"{path} is not a chunk record: {_first_error(exc)}",
+                                   hint=_DAMAGED) from None
+            if path.stem != self.chunk_name(data.order, data.chunk) or data.stop < data.start:
+                raise HarnessError(f"{path} does not hold the chunk its name says",
+                                   hint=_DAMAGED)
+            if path.stem not in ledger:
+                continue
+            rec = ChunkRecord.from_dict(data.model_dump())
+            rec.info["error"] = data.error
+            out[data.order, data.chunk] = rec
         return out
+
+    def check_ledger(self) -> list[Path]:
+        """The ledger's Parquet files, each checked to be one with the ledger's columns (its
+        schema only is read)."""
+        import pyarrow.parquet as pq
+
+        from .records import LEDGER_COLUMNS
+
+        files = [p for p in self.check_tree(self.LEDGER) if p.suffix == ".parquet"]
+        for f in files:
+            try:
+                names = pq.read_schema(f).names
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise HarnessError(f"{f} is not a ledger file ({type(exc).__name__}: {first})",
+                                   hint=_DAMAGED) from None
+            if names != list(LEDGER_COLUMNS):
+                raise HarnessError(f"{f} does not have the ledger's columns", hint=_DAMAGED)
+        return files
 
     def ledger(self, order: int | None = None):
         """The ledger rows of case ``order`` (all cases when None), as a pandas DataFrame."""
@@ -648,14 +735,22 @@ class RunStore:
 
         from .records import empty_ledger
 
-        folder = self.path / self.LEDGER
-        pattern = f"c{order:04d}-k*.parquet" if order is not None else "c*-k*.parquet"
-        files = sorted(folder.glob(pattern)) if folder.is_dir() else []
+        from .records import LEDGER_COLUMNS
+
+        prefix = f"c{order:04d}-k" if order is not None else "c"
+        files = [p for p in self.check_tree(self.LEDGER)
+                 if p.suffix == ".parquet" and p.name.startswith(prefix)]
         if not files:
             return empty_ledger()
-        try:
-            frames = [pq.read_table(f).to_pandas() for f in files]
-        except Exception as exc:
-            raise HarnessError(f"{folder} holds a ledger file that cannot be read: {exc}",
-                               hint="the run folder is damaged; run the suite again") from None
+        frames = []
+        for f in sorted(files):
+            try:
+                frame = pq.read_table(f).to_pandas()
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise HarnessError(f"{f} is not a ledger file ({type(exc).__name__}: {first})",
+                                   hint=_DAMAGED) from None
+            if list(frame.columns) != list(LEDGER_COLUMNS):
+                raise HarnessError(f"{f} does not have the ledger's columns", hint=_DAMAGED)
+            frames.append(frame)
         return pd.concat(frames, ignore_index=True)

@@ -255,6 +255,21 @@ class GateConfig(_Strict):
     max_drop: float | None = Field(default=None, ge=0)
     #: how max_drop is measured: relative to the baseline value, or in the metric's units
     drop: Literal["relative", "absolute"] = "relative"
+    #: what min/max judge: the value, or the lower/upper bound of its 95% interval
+    bound: Literal["value", "lower", "upper"] = "value"
+    #: max_drop as a paired test on the images both runs share (McNemar's exact test for
+    #: rates, a paired bootstrap for means): fail only on a significant worsening
+    paired: bool = False
+    #: the paired test's significance level
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _paired(self) -> "GateConfig":
+        if self.paired and self.max_drop is None:
+            raise ValueError("'paired' goes with 'max_drop' (a comparison with a baseline run)")
+        if self.bound != "value" and self.min is None and self.max is None:
+            raise ValueError("'bound' says what 'min' or 'max' judge; give one of them")
+        return self
 
 
 class ColumnConfig(_Strict):

@@ -1,8 +1,9 @@
 """Adversarial examples made for one model and fed to others: amplification, and the
 portable file format they are saved in.
 
-Each transfer test saves, per source model, ``artifacts/<test>/<model>.npz`` (NumPy's
-format, readable by any tool with ``numpy.load``) holding
+Each transfer test saves, per source model and chunk of images,
+``artifacts/<test>/<model>/<start>-<stop>.npz`` (NumPy's format, readable by any tool with
+``numpy.load``; :func:`load_examples` joins a model's chunks) holding
 
 ==============  ========================  ==============================================
 ``x_adv``       float32 [N, C, H, W]      the adversarial images, pixels in [0, 1]
@@ -81,18 +82,47 @@ def load(npz: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
-def find_reusable(run_dir: Path, test: str, model: str,
-                  wanted: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    """The examples saved in ``run_dir`` for (test, model), if made the way ``wanted`` says.
-    Their paths must stay inside the run folder; files that cannot be read, or hold arrays
-    of the wrong kind, are a :class:`HarnessError` naming the file."""
+def parts(run_dir: Path, test: str, model: str) -> list[tuple[int, int, Path]]:
+    """The chunk files of the examples saved for (test, model): ``(start, stop, path)`` in
+    order of position (``artifacts/<test>/<model>/<start>-<stop>.npz``)."""
+    from .store import RunStore
+
+    store = RunStore(run_dir)
+    folder = store.file(f"artifacts/{test}/{model}", must_exist=False)
+    out = []
+    if folder.is_dir():
+        for path in folder.glob("*-*.npz"):
+            a, _, b = path.stem.partition("-")
+            if a.isdigit() and b.isdigit():
+                store.file(path.relative_to(store.path).as_posix())  # inside, no links out
+                out.append((int(a), int(b), path))
+    return sorted(out)
+
+
+def load_examples(run_dir: Path, test: str, model: str) -> dict[str, np.ndarray]:
+    """Every example saved for (test, model) in a run folder, joined in order of position
+    (either layout: chunk files, or one ``<model>.npz`` as runs before chunks wrote)."""
+    found = parts(Path(run_dir), test, model)
+    if not found:
+        return load(Path(run_dir) / "artifacts" / test / f"{model}.npz")
+    pieces = [load(p) for _, _, p in found]
+    return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+
+
+def find_reusable(run_dir: Path, test: str, model: str, wanted: dict[str, Any],
+                  start: int = 0, stop: int | None = None) -> dict[str, np.ndarray] | None:
+    """The examples saved in ``run_dir`` for (test, model) and images ``start`` to ``stop``,
+    if made the way ``wanted`` says (a chunk file of that range, or the range of a whole
+    file). Their paths must stay inside the run folder; files that cannot be read, or hold
+    arrays of the wrong kind, are a :class:`HarnessError` naming the file."""
     from .errors import HarnessError
     from .store import RunStore
 
     store = RunStore(run_dir)
+    n = wanted.get("n")
+    stop = n if stop is None else stop
     meta_path = store.file(f"artifacts/{test}/{model}.json", must_exist=False)
-    npz_path = store.file(f"artifacts/{test}/{model}.npz", must_exist=False)
-    if not (meta_path.is_file() and npz_path.is_file()):
+    if not meta_path.is_file():
         return None
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -100,22 +130,31 @@ def find_reusable(run_dir: Path, test: str, model: str,
         return None
     if not isinstance(meta, dict) or not matches(meta, wanted):
         return None
+    chunk = [p for a, b, p in parts(Path(run_dir), test, model) if (a, b) == (start, stop)]
+    if chunk:
+        npz_path, first, size = chunk[0], 0, stop - start
+    else:
+        npz_path = store.file(f"artifacts/{test}/{model}.npz", must_exist=False)
+        first, size = start, n
+        if not npz_path.is_file():
+            return None
     try:
         arrays = load(npz_path)
     except Exception as exc:  # a damaged zip, a pickled object...
         raise HarnessError(f"{npz_path} cannot be read: {type(exc).__name__}: "
                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
                            hint="run without --reuse, or reuse another run") from None
-    n = wanted.get("n")
     expect = {"x_adv": np.floating, "success": np.bool_}
     for key, kind in expect.items():
         arr = arrays.get(key)
-        if arr is None or not np.issubdtype(arr.dtype, kind) or len(arr) != n:
-            raise HarnessError(f"{npz_path}: {key} is missing or is not {n} "
+        if arr is None or not np.issubdtype(arr.dtype, kind) or len(arr) != size:
+            raise HarnessError(f"{npz_path}: {key} is missing or is not {size} "
                                f"{'images' if key == 'x_adv' else 'flags'}",
                                hint="run without --reuse, or reuse another run")
     if "target" in arrays and (not np.issubdtype(arrays["target"].dtype, np.integer)
-                               or len(arrays["target"]) != n):
-        raise HarnessError(f"{npz_path}: target is not {n} labels",
+                               or len(arrays["target"]) != size):
+        raise HarnessError(f"{npz_path}: target is not {size} labels",
                            hint="run without --reuse, or reuse another run")
+    if first or stop - start != size:
+        arrays = {k: v[first:first + stop - start] for k, v in arrays.items()}
     return arrays

@@ -21,14 +21,14 @@ models:
   a: {use: torch, factory: "tiny_models:digits_template", input_shape: [1, 8, 8]}
   b: {use: torch, factory: "tiny_models:linear", input_shape: [1, 8, 8]}
 tests:
-  - name: clean
-  - name: noise
-    attack: {use: gaussian-noise, stddev: 0.2}
-    pictures: 2
   - name: xfer
     attack: {use: gaussian-noise, stddev: 0.3}
     models: [a]
     transfer: all
+  - name: clean
+  - name: noise
+    attack: {use: gaussian-noise, stddev: 0.2}
+    pictures: 2
 """
 
 
@@ -119,9 +119,33 @@ def _figure_link(folder: Path) -> None:
 
 
 def _artifact_link(folder: Path) -> None:
-    path = folder / "artifacts" / "xfer" / "a.npz"
+    path = sorted((folder / "artifacts").rglob("*.npz"))[0]   # a chunk's saved examples
     path.unlink()
     os.symlink("/etc/passwd", path)
+
+
+def _first(folder: Path, sub: str, suffix: str) -> Path:
+    return sorted((folder / sub).glob(f"*{suffix}"))[0]
+
+
+def _chunk_garbage(folder: Path) -> None:
+    _first(folder, "chunks", ".json").write_text("{'case': ")
+
+
+def _chunk_file_out(folder: Path) -> None:
+    path = _first(folder, "chunks", ".json")
+    data = json.loads(path.read_text())
+    data["files"] = ["../../../etc/passwd"]
+    path.write_text(json.dumps(data))
+
+
+def _ledger_garbage(folder: Path) -> None:
+    _first(folder, "ledger", ".parquet").write_bytes(b"PAR1 not really")
+
+
+def _ledger_dir_link(folder: Path) -> None:
+    shutil.rmtree(folder / "ledger")
+    os.symlink("/etc", folder / "ledger")
 
 
 def _figures_dir_link(folder: Path) -> None:
@@ -174,9 +198,9 @@ DAMAGES = [
            _summary(_set(("suite", "name"), "../../escape"))),
     Damage("summary suite is a list", "summary.json", _summary(_set(("suite",), []))),
     Damage("summary figure climbs out", "summary.json",
-           _summary(_set(("cases", 2, "figures"), ["../../../../etc/passwd"]))),
+           _summary(_set(("cases", -1, "figures"), ["../../../../etc/passwd"]))),
     Damage("summary figure is absolute", "summary.json",
-           _summary(_set(("cases", 2, "figures"), ["/etc/passwd"]))),
+           _summary(_set(("cases", -1, "figures"), ["/etc/passwd"]))),
     Damage("summary shard is not K/N", "summary.json", _summary(_set(("shard",), [3, 2]))),
     Damage("summary gates is a mapping", "summary.json", _summary(_set(("gates",), {"a": 1}))),
     Damage("summary from a newer harness", "summary.json", _summary(_set(("format",), 99))),
@@ -215,7 +239,15 @@ DAMAGES = [
     Damage("a figure links out", "figures/", _figure_link, frozenset({"html", "merge"})),
     Damage("the figures folder links out", "figures", _figures_dir_link,
            frozenset({"html", "merge"})),
-    Damage("saved examples link out", "a.npz", _artifact_link, frozenset({"reuse", "merge"})),
+    Damage("saved examples link out", ".npz", _artifact_link, frozenset({"reuse", "merge"})),
+    Damage("a chunk record is not JSON", "chunks/", _chunk_garbage,
+           frozenset({"merge", "resume"})),
+    Damage("a chunk record names a file outside", "chunks/", _chunk_file_out,
+           frozenset({"merge", "resume"})),
+    Damage("a ledger file is not Parquet", "ledger/", _ledger_garbage,
+           frozenset({"merge", "resume"})),
+    Damage("the ledger folder links out", "ledger", _ledger_dir_link,
+           frozenset({"merge", "resume"})),
 ]
 
 #: every command that reads run folders: name -> argv for (damaged folder, runs)

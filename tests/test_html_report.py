@@ -34,7 +34,7 @@ def failing_run(write_suite, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["run", str(write_suite(SUITE)), "--out", str(run_dir), "-q"]) == 1
     figures = run_dir / "figures"
-    figures.mkdir()
+    figures.mkdir(exist_ok=True)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -193,7 +193,7 @@ tests:
     assert len(lines) == 1 and "lbfgs x bad" in lines[0], err
     assert ("model 'bad' returned NaN or infinite logits during the attack on perturbed "
             "inputs: attack plugin 'lbfgs' (package robustness-harness") in lines[0]
-    assert "batch 1 of 3, images 0 to 9" in lines[0]
+    assert "images 0 to 9" in lines[0]
     rows = (tmp_path / "r" / "results.csv").read_text()
     assert "lbfgs,bad" not in rows and "clean,bad" in rows and "lbfgs,near" in rows
 
@@ -284,4 +284,4 @@ tests:
     assert row["value"] != row["value"] and row["n"] == 0  # NaN over no images
     code, out, _ = run_cli(["report", tmp_path / "run"], capsys)
     line = next(ln for ln in out.splitlines() if ln.startswith("near"))
-    assert line.split() == ["near", "0%", "n=0"] and "nan" not in out.lower()
+    assert line.split() == ["near", "0%", "[0,", "13.8]", "n=0"] and "nan" not in out.lower()

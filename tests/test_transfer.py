@@ -7,6 +7,8 @@ import json
 import types
 
 import numpy as np
+
+from harness import transfer
 import pytest
 import torch
 
@@ -115,12 +117,16 @@ def test_matrix_report(first_run):
 def test_saved_examples_are_portable(first_run):
     folder, _, _ = first_run
     base = folder / "run" / "artifacts" / "xfer"
-    with np.load(base / "near.npz") as f:
+    # one NumPy file per chunk of images, named by the positions it holds
+    chunks = sorted(p.name for p in (base / "near").glob("*.npz"))
+    assert chunks == ["0-60.npz"]
+    with np.load(base / "near" / "0-60.npz") as f:
         assert set(f.files) == {"x_adv", "x", "y", "success", "distortion", "target"}
-        assert f["x_adv"].shape == (60, 1, 8, 8) and f["x_adv"].dtype == np.float32
-        assert f["success"].all() and ((f["y"] + 1) % 10 == f["target"]).all()
-        r = (f["x_adv"] - f["x"]).reshape(60, -1)
-        assert np.allclose(np.sqrt((r ** 2).mean(1)), f["distortion"], atol=1e-6)
+    f = transfer.load_examples(folder / "run", "xfer", "near")   # the chunks joined
+    assert f["x_adv"].shape == (60, 1, 8, 8) and f["x_adv"].dtype == np.float32
+    assert f["success"].all() and ((f["y"] + 1) % 10 == f["target"]).all()
+    r = (f["x_adv"] - f["x"]).reshape(60, -1)
+    assert np.allclose(np.sqrt((r ** 2).mean(1)), f["distortion"], atol=1e-6)
     meta = json.loads((base / "near.json").read_text())
     assert meta["format"] == "harness-adversarial-examples/1"
     assert meta["model_spec"]["use"] == "torch" and meta["seed"] == 3 and meta["n"] == 60

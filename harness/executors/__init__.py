@@ -47,7 +47,7 @@ class Executor(Protocol):
 def run_one(env: Any, case: "Case", chunk: "Chunk") -> ChunkDone:
     """Run one chunk in this process, turning every failure into a :class:`ChunkDone` with
     its error (a plugin's ``SystemExit`` too: it fails the chunk, not the run)."""
-    from ..runner_new import ModelUnavailable, describe_error
+    from ..runner import ModelUnavailable, describe_error
 
     done = ChunkDone(case, chunk)
     try:

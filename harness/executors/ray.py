@@ -23,7 +23,7 @@ from . import ChunkDone, run_one
 
 if TYPE_CHECKING:
     from ..plan import Case, Chunk, Plan
-    from ..runner_new import RunOptions
+    from ..runner import RunOptions
 
 #: times Ray runs a task again when its worker dies
 MAX_RETRIES = 3
@@ -65,7 +65,7 @@ def _worker_state(payload: dict[str, Any]) -> tuple[Any, Any]:
 
     from ..plan import Plan
     from ..plugins import default_registry
-    from ..runner_new import LocalEnv, RunOptions
+    from ..runner import LocalEnv, RunOptions
     from ..suite import parse_suite
 
     key = hashlib.sha256(repr(sorted(payload.items())).encode()).hexdigest()

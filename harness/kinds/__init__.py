@@ -113,6 +113,18 @@ class TestKind:
     def run_chunk(self, env: Env, case: "Case", chunk: "Chunk") -> ChunkOutput:
         raise NotImplementedError
 
+    def figures(self, ledger: "pd.DataFrame", rows: list[ResultRow]) -> dict[str, bytes]:
+        """Figures of the whole test drawn from its ledger rows and result rows (file name
+        -> PNG bytes)."""
+        return {}
+
+    def per_image(self, ledger: "pd.DataFrame", model: str, metric: str,
+                  param: str) -> "pd.Series | None":
+        """The per-image values (indexed by image id; NaN where an image does not count)
+        behind result row (model, metric, param), for paired tests against a baseline run;
+        None when the metric has none."""
+        return None
+
     def aggregate(self, case: "Case", ledger: "pd.DataFrame", chunks: list[ChunkRecord],
                   seed: int) -> list[ResultRow]:
         raise NotImplementedError

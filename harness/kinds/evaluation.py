@@ -52,6 +52,13 @@ class EvaluationTest(TestKind):
         self.metrics = [(spec.use, built[("tests", index, "metrics", j)])
                         for j, spec in enumerate(metric_specs(config))]
 
+    def distortion_over(self, setting: str) -> str:
+        """Which images an attack setting's distortions are averaged over."""
+        for label, variant in self.variants:
+            if label == setting:
+                return type(variant).distortion_over
+        return "success"
+
     def batch_size(self) -> int:
         from ..plan import DEFAULT_CHUNK
 
@@ -145,6 +152,50 @@ class EvaluationTest(TestKind):
 
     # ------------------------------------------------------------------ summarizing
 
+    def figures(self, ledger: "pd.DataFrame", rows: list[ResultRow]) -> dict[str, bytes]:
+        from ..report import plots
+
+        out = {}
+        # attacks with a goal (noise has none: its distortion is the noise's size)
+        goal = [label for label, v in self.variants if type(v).distortion_over == "success"]
+        goal += [WORST_CASE] if self.worst_case else []
+        attacked = ledger[ledger["setting"].isin(goal) & (ledger["attack"] != "")]
+        if attacked.empty:
+            return out
+        if any(getattr(a, "minimum_norm", False) for a in self.attacks):
+            curves = attacked[attacked["setting"] == (WORST_CASE if self.worst_case
+                                                      else attacked["setting"])]
+            png = plots.robustness_curves(self.name, curves)
+            if png:
+                out["robustness-curves.png"] = png
+        png = plots.distortion_boxes(self.name, attacked)
+        if png:
+            out["distortions.png"] = png
+        return out
+
+    def per_image(self, ledger: "pd.DataFrame", model: str, metric: str,
+                  param: str) -> "pd.Series | None":
+        import pandas as pd
+
+        settings = ([label for label, _ in self.variants] or [""]) \
+            + ([WORST_CASE] if self.worst_case else [])
+        for name, m in self.metrics:
+            if name != metric or not m.from_ledger:
+                continue
+            for setting in settings:
+                for mlabel, variant in m.variants():
+                    if join_settings(setting, mlabel) != param:
+                        continue
+                    sub = ledger[(ledger["model"] == model) & (ledger["setting"] == setting)]
+                    sub = sub.sort_values("index", kind="stable")
+                    ev = case_evaluation(sub, with_attack=setting != "" or bool(self.variants),
+                                         distortion_over=self.distortion_over(setting))
+                    values = variant.values(ev)
+                    if values is None:
+                        return None
+                    return pd.Series(values.double().cpu().numpy(), index=sub["image"].to_numpy())
+        return None
+
     def aggregate(self, case: "Case", ledger: "pd.DataFrame", chunks: list[ChunkRecord],
                   seed: int) -> list[ResultRow]:
         rows: list[ResultRow] = []
@@ -152,7 +203,8 @@ class EvaluationTest(TestKind):
             + ([WORST_CASE] if self.worst_case else [])
         for setting in settings:
             sub = ledger[ledger["setting"] == setting]
-            ev = case_evaluation(sub, with_attack=setting != "" or bool(self.variants))
+            ev = case_evaluation(sub, with_attack=setting != "" or bool(self.variants),
+                                 distortion_over=self.distortion_over(setting))
             partials = [p for ch in chunks for p in ch.partials if p["setting"] == setting]
             rows += metric_rows(self.name, case.model, setting, self.metrics, ev, partials, seed)
         return rows
@@ -168,14 +220,18 @@ def _one_batch(data: Any, chunk: "Chunk", device: Any):
 
 def _partials(setting: str, metrics: list[tuple[str, Any]], ev: Any) -> list[dict[str, Any]]:
     """Per-chunk values of metrics that look at the images themselves."""
+    from ..base import blame
+
     out = []
     for name, metric in metrics:
         for mlabel, m in metric.variants():
-            value = m.compute(ev)
+            with blame(m, "computing it"):
+                value = m.compute(ev)
+                count = m.count(ev) if value is not None else None
             if value is None:
                 continue
             out.append({"setting": setting, "metric": name, "param": mlabel,
-                        "value": float(value), "n": int(len(ev.y))})
+                        "value": float(value), "n": int(len(ev.y) if count is None else count)})
     return out
 
 

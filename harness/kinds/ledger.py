@@ -43,7 +43,8 @@ def result_columns(res: "AttackResult", adv_pred: "torch.Tensor") -> dict[str, A
     }
 
 
-def case_evaluation(rows: "pd.DataFrame", with_attack: bool) -> "Evaluation":
+def case_evaluation(rows: "pd.DataFrame", with_attack: bool,
+                    distortion_over: str = "success") -> "Evaluation":
     """An :class:`~harness.metric.Evaluation` of a case's ledger rows (one setting), on the
     CPU: labels, predictions and the attack's per-image outcomes; no images (``x`` and
     ``result.x_adv`` are None) and no model."""
@@ -69,7 +70,7 @@ def case_evaluation(rows: "pd.DataFrame", with_attack: bool) -> "Evaluation":
         forward_evals=t("forward_evals", torch.long),
         distortion=t("distortion", torch.float64), l2=t("l2", torch.float64),
         linf=t("linf", torch.float64), seconds=float(rows["seconds"].sum()),
-        failure=[str(f) for f in rows["failure"].tolist()])
+        failure=[str(f) for f in rows["failure"].tolist()], distortion_over=distortion_over)
     return Evaluation(None, None, y, clean_pred, res, t("adv_pred", torch.long))
 
 
@@ -94,13 +95,15 @@ def metric_rows(test: str, model: str, setting: str, metrics: list[tuple[str, An
 
 def ledger_metric(test: str, model: str, name: str, param: str, metric: Any,
                   ev: "Evaluation", seed: int) -> ResultRow | None:
+    from ..base import blame
     from ..context import stable_seed
     from ..stats import bootstrap_interval, rate_interval
 
-    value = metric.compute(ev)
+    with blame(metric, f"computing it for model {model!r}"):
+        value = metric.compute(ev)
+        values = metric.values(ev) if value is not None else None
     if value is None:
         return None
-    values = metric.values(ev)
     row = ResultRow(test, model, name, float(value), param, n=len(ev.y))
     if values is None:
         return row

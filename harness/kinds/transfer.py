@@ -139,8 +139,12 @@ class TransferTest(TestKind):
         if env.reuse is not None:
             saved = fmt.find_reusable(env.reuse, self.name, case.model, wanted,
                                       chunk.start, chunk.stop)
+        if saved is not None and tuple(saved["x_adv"].shape) != tuple(x.shape):
+            raise HarnessError(f"{env.reuse}: the saved examples of {self.name} x "
+                               f"{case.model} have shape {list(saved['x_adv'].shape)}, not the "
+                               f"data's {list(x.shape)}", hint="run without --reuse")
         if saved is not None:
-            x_adv = torch.from_numpy(saved["x_adv"])
+            x_adv = torch.from_numpy(saved["x_adv"]).float()
             success = torch.from_numpy(saved["success"])
             target = torch.from_numpy(saved["target"]) if "target" in saved else None
             cols = {"success": success.numpy(), "target": (target.numpy() if target is not None
@@ -206,6 +210,36 @@ class TransferTest(TestKind):
             data_fingerprint=data.fingerprint(), seed=self.plan.seed, n=len(data))
 
     # ------------------------------------------------------------------ summarizing
+
+    def figures(self, ledger: "pd.DataFrame", rows: list[ResultRow]) -> dict[str, bytes]:
+        from ..report import plots
+
+        values = {(r.model, r.param): r.value for r in rows if r.metric == "adv_error"}
+        labels = list(dict.fromkeys(r.param for r in rows if r.metric == "adv_error"))
+        matrix = [[values.get((t, label)) for t in self.targets] for label in labels]
+        png = plots.transfer_heatmap(self.name, labels, self.targets, matrix, "adv_error")
+        return {"transfer-matrix.png": png} if png else {}
+
+    def per_image(self, ledger: "pd.DataFrame", model: str, metric: str,
+                  param: str) -> "pd.Series | None":
+        import numpy as np
+        import pandas as pd
+
+        setting = parse_label(param)
+        if metric == "adv_error":
+            fed = ledger[(ledger["model"] == model) & (ledger["setting"] == param)]
+            values = (fed["adv_pred"] != fed["label"]).to_numpy(dtype=np.float64)
+        elif metric == "success_rate":
+            fed = ledger[(ledger["model"] == model) & (ledger["setting"] == param)]
+            values = fed["success"].to_numpy(dtype=np.float64)
+        elif metric == "mean_distortion":
+            fed = ledger[(ledger["model"] == model) & (ledger["setting"] == param)]
+            values = fed["distortion"].to_numpy(dtype=np.float64)
+            if not setting.is_baseline:
+                values = np.where(fed["success"].to_numpy(), values, np.nan)
+        else:
+            return None
+        return pd.Series(values, index=fed["image"].to_numpy())
 
     def aggregate(self, case: "Case", ledger: "pd.DataFrame", chunks: list[ChunkRecord],
                   seed: int) -> list[ResultRow]:

@@ -41,9 +41,23 @@ class Values(dict):
     def __init__(self) -> None:
         super().__init__()
         self.n: dict[tuple[str, str, str, str], float] = {}
+        #: the 95% interval of each value that has one
+        self.interval: dict[tuple[str, str, str, str], tuple[float, float]] = {}
 
-    def cell(self, key: tuple[str, str, str, str], kind: str) -> str:
-        return fmt(self.get(key), kind, self.n.get(key))
+    def cell(self, key: tuple[str, str, str, str], kind: str, interval: bool = False) -> str:
+        text = fmt(self.get(key), kind, self.n.get(key))
+        if interval and key in self.interval and text not in ("-", "n=0"):
+            low, high = self.interval[key]
+            text += f" [{fmt_bound(low, kind)}, {fmt_bound(high, kind)}]"
+        return text
+
+
+def fmt_bound(value: float, kind: str) -> str:
+    """An interval's end, in the value's units (percent points without the sign)."""
+    if kind == "percent":
+        pct = 100 * value
+        return f"{pct:.0f}" if pct in (0.0, 100.0) else f"{pct:.3g}"
+    return fmt(value, kind)
 
 
 def fmt(value: Any, kind: str, n: Any = None) -> str:
@@ -83,6 +97,8 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         key = (rec.test, rec.model, rec.metric, rec.param or "")
         lookup[key] = rec.value
         lookup.n[key] = rec.n
+        if rec.low == rec.low and rec.high == rec.high:   # both present (not NaN)
+            lookup.interval[key] = (rec.low, rec.high)
 
     for table in suite.tables:
         tables.append(_layout_table(suite, table, lookup, df))
@@ -93,6 +109,7 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         if test.transfer is not None:
             table = _matrix_table(suite, test, "adv_error", None, True, sub, lookup)
             table.notes += _case_notes(cases, test.name, table)
+            table.figures += (summary.get("figures") or {}).get(test.name, [])
             tables.append(table)
             continue
         metrics = [m.use for m in metric_specs(test)] or list(dict.fromkeys(sub["metric"]))
@@ -103,7 +120,7 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         parts = []  # rows that share no metric with the others get a table of their own
         for group_metrics, group_keys in _metric_groups(test.name, keys, metrics, lookup):
             rows = [[mid] + ([param] if with_param else [])
-                    + [lookup.cell((test.name, mid, m, param), metric_format(m))
+                    + [lookup.cell((test.name, mid, m, param), metric_format(m), interval=True)
                        for m in group_metrics] for mid, param in group_keys]
             parts.append((["model"] + (["setting"] if with_param else []) + group_metrics, rows))
         headers, rows = parts[0] if parts else (["model"] + metrics, [])
@@ -121,6 +138,7 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
                          + (f"; {int(n)} images" if n else ""))
         table = Table(title, headers, rows, notes)
         table.notes += _case_notes(cases, test.name, table)
+        table.figures += (summary.get("figures") or {}).get(test.name, [])
         tables.append(table)
         tables += [Table(f"{title} (continued)", h, r) for h, r in parts[1:]]
 
@@ -361,6 +379,10 @@ def header_lines(summary: dict[str, Any]) -> list[str]:
                      "shard's")
     if summary.get("interrupted"):
         lines.append("INTERRUPTED: the tables hold only the cases that finished")
+    if (summary.get("format") or 1) >= 3:
+        lines.append("[low, high] after a value: its 95% interval (Wilson for rates, a seeded "
+                     "bootstrap for means); per-image records: the folder's ledger/ "
+                     "(pandas.read_parquet)")
     return lines
 
 

@@ -33,6 +33,8 @@ def compare_tables(a: RunStore, b: RunStore, *, test: str | None = None,
             continue
         va, vb = r["value_a"], r["value_b"]
         delta = vb - va
+        if abs(delta) <= 1e-6 * max(1.0, abs(va)):   # round-off (a rate in float32 before)
+            delta = 0.0
         rel = (delta / abs(va)) if va not in (0, 0.0) and not math.isnan(va) else math.nan
         if math.isnan(delta):
             shown_delta = "-"

@@ -14,9 +14,11 @@ class CleanError(Metric):
 
     description = "share of clean inputs the model misclassifies"
     higher_is_better = False
+    from_ledger = True
+    statistic = "rate"
 
-    def compute(self, ev: Evaluation) -> float:
-        return float((ev.clean_pred != ev.y).float().mean())
+    def values(self, ev: Evaluation) -> torch.Tensor:
+        return (ev.clean_pred != ev.y.to(ev.clean_pred.device)).double()
 
 
 class AdvError(Metric):
@@ -25,11 +27,13 @@ class AdvError(Metric):
     description = "share of attacked inputs the model misclassifies"
     needs_attack = True
     higher_is_better = False
+    from_ledger = True
+    statistic = "rate"
 
-    def compute(self, ev: Evaluation) -> float | None:
+    def values(self, ev: Evaluation) -> torch.Tensor | None:
         if ev.adv_pred is None:
             return None
-        return float((ev.adv_pred != ev.y).float().mean())
+        return (ev.adv_pred != ev.y.to(ev.adv_pred.device)).double()
 
 
 class SuccessRate(Metric):
@@ -38,11 +42,13 @@ class SuccessRate(Metric):
     description = "share of inputs where the attack reached its goal"
     needs_attack = True
     higher_is_better = False
+    from_ledger = True
+    statistic = "rate"
 
-    def compute(self, ev: Evaluation) -> float | None:
+    def values(self, ev: Evaluation) -> torch.Tensor | None:
         if ev.result is None:
             return None
-        return float(ev.result.success.float().mean())
+        return ev.result.success.double()
 
 
 def _over(ev: Evaluation) -> torch.Tensor:
@@ -54,25 +60,19 @@ def _over(ev: Evaluation) -> torch.Tensor:
 
 class _SuccessfulDistortion(Metric):
     """Per-image distortion sqrt(sum r^2 / n) over the successful images (all images for an
-    attack without a goal, such as noise)."""
+    attack without a goal, such as noise); NaN for the images that do not count."""
 
     needs_attack = True
     higher_is_better = True
-    reduce: ClassVar[str] = "mean"
+    from_ledger = True
     field: ClassVar[str] = "distortion"
 
-    def compute(self, ev: Evaluation) -> float | None:
+    def values(self, ev: Evaluation) -> torch.Tensor | None:
         if ev.result is None:
             return None
-        values = getattr(ev.result, self.field)[_over(ev)]
-        if values.numel() == 0:
-            return float("nan")  # shown as n=0
-        if self.reduce == "median":
-            return float(values.float().quantile(0.5))
-        return float(values.float().mean())
-
-    def count(self, ev: Evaluation) -> int | None:
-        return None if ev.result is None else int(_over(ev).sum())
+        values = getattr(ev.result, self.field).double()
+        nan = torch.full_like(values, float("nan"))
+        return torch.where(_over(ev).to(values.device), values, nan)
 
 
 class MeanDistortion(_SuccessfulDistortion):
@@ -89,7 +89,7 @@ class MedianDistortion(_SuccessfulDistortion):
 
     description = ("median RMS perturbation: over the images where the attack succeeded; for "
                    "noise, over all images")
-    reduce = "median"
+    statistic = "median"
 
 
 class MeanL2(_SuccessfulDistortion):
@@ -100,12 +100,22 @@ class MeanL2(_SuccessfulDistortion):
     field = "l2"
 
 
+class MeanLinf(_SuccessfulDistortion):
+    """Mean L-infinity norm (largest pixel change) of the perturbation over successful images
+    (noise: over all images)."""
+
+    description = ("mean largest pixel change of the perturbation: over the images where the "
+                   "attack succeeded; for noise, over all images")
+    field = "linf"
+
+
 class Seconds(Metric):
     """Wall time of the attack, in seconds."""
 
     description = "attack wall time in seconds"
     needs_attack = True
     higher_is_better = False
+    from_ledger = True
 
     def compute(self, ev: Evaluation) -> float | None:
         return None if ev.result is None else float(ev.result.seconds)
@@ -117,11 +127,12 @@ class GradEvals(Metric):
     description = "mean model gradient evaluations per image"
     needs_attack = True
     higher_is_better = False
+    from_ledger = True
 
-    def compute(self, ev: Evaluation) -> float | None:
+    def values(self, ev: Evaluation) -> torch.Tensor | None:
         if ev.result is None or ev.result.grad_evals is None:
             return None
-        return float(ev.result.grad_evals.float().mean())
+        return ev.result.grad_evals.double()
 
 
 class AlreadyRate(Metric):
@@ -129,11 +140,13 @@ class AlreadyRate(Metric):
 
     description = "share of inputs already adversarial before the attack"
     needs_attack = True
+    from_ledger = True
+    statistic = "rate"
 
-    def compute(self, ev: Evaluation) -> float | None:
+    def values(self, ev: Evaluation) -> torch.Tensor | None:
         if ev.result is None or ev.result.already is None:
             return None
-        return float(ev.result.already.float().mean())
+        return ev.result.already.double()
 
 
 BUILTIN: dict[str, type[Metric]] = {
@@ -143,6 +156,7 @@ BUILTIN: dict[str, type[Metric]] = {
     "mean_distortion": MeanDistortion,
     "median_distortion": MedianDistortion,
     "mean_l2": MeanL2,
+    "mean_linf": MeanLinf,
     "seconds": Seconds,
     "grad_evals": GradEvals,
     "already_rate": AlreadyRate,
@@ -151,5 +165,8 @@ BUILTIN: dict[str, type[Metric]] = {
 
 @hookimpl
 def register_metrics(register):
+    from .robust import RobustAccuracy
+
     for name, cls in BUILTIN.items():
         register(name, cls)
+    register("robust_accuracy", RobustAccuracy)
