@@ -161,15 +161,23 @@ _NO_CODE_HELP = ("Refuse a suite that names code to import and run (a model fact
 @cli.command()
 @click.argument("suite")
 @click.option("--no-code", is_flag=True, help=_NO_CODE_HELP)
-def validate(suite: str, no_code: bool) -> int:
+@click.option("-v", "--verbose", is_flag=True, help="Also list the cases the suite runs.")
+def validate(suite: str, no_code: bool, verbose: bool) -> int:
     """Check SUITE (a YAML file or a bundled suite's name) without running it: the schema,
     every plugin and its parameters; list the code it would import and call."""
+    from .plan import Plan
     from .plugins import default_registry
     from .suite import load_suite
 
-    s = load_suite(suite, default_registry(), no_code=no_code)
+    registry = default_registry()
+    s = load_suite(suite, registry, no_code=no_code)
+    plan = Plan(s, registry)
     click.echo(f"{suite}: valid ({len(s.models)} model(s), {len(s.tests)} test(s), "
-               f"{len(s.cases())} case(s), {len(s.gates)} gate(s))")
+               f"{len(plan.cases)} case(s), {len(s.gates)} gate(s))")
+    if verbose:
+        click.echo("cases (each cut into chunks of images when it runs):")
+        for line in plan.describe():
+            click.echo(f"  {line}")
     if s.code:
         click.echo("code it imports and calls when it runs (a suite is code: run it only if "
                    "you would run its code):")
@@ -420,17 +428,26 @@ def export(suite: str, model_id: str, out: Path, device: str | None, data_dir: P
 @click.argument("run_b", type=click.Path(path_type=Path))
 @click.option("--test", help="Only this test.")
 @click.option("--metric", help="Only this metric.")
-def compare(run_a: Path, run_b: Path, test: str | None, metric: str | None) -> int:
-    """Show the metrics of two run folders side by side, with their changes (B - A)."""
+@click.option("--images", is_flag=True,
+              help="Also list the images that changed outcome (by image id).")
+def compare(run_a: Path, run_b: Path, test: str | None, metric: str | None,
+            images: bool) -> int:
+    """Show the metrics of two run folders side by side, with their changes (B - A), and,
+    image by image, how many images changed outcome each way."""
     from tabulate import tabulate
 
-    from .report.compare import compare_tables
+    from .report.compare import compare_tables, image_changes
     from .store import RunStore
 
-    for t in compare_tables(RunStore(run_a), RunStore(run_b), test=test, metric=metric):
+    a, b = RunStore(run_a), RunStore(run_b)
+    tables = compare_tables(a, b, test=test, metric=metric)
+    tables += image_changes(a, b, test=test, images=images)
+    for t in tables:
         click.echo(t.title)
         click.echo(tabulate(t.rows, headers=t.headers, tablefmt="simple", disable_numparse=True)
                    if t.rows else "(nothing in common)")
+        for note in t.notes:
+            click.echo(f"  {note}")
         click.echo()
     return 0
 

@@ -81,7 +81,7 @@ class Plan:
         #: the run's seed (the suite's unless overridden)
         self.seed = suite.seed if seed is None else int(seed)
         #: every built plugin by its place in the suite (for messages that name the line)
-        self.built = check_plugins(suite, registry)
+        self.built = suite._built if suite._built is not None else check_plugins(suite, registry)
         self.models: dict[str, "ModelPlugin"] = {mid: self.built[("models", mid)]
                                                  for mid in suite.models}
         self.tests: list["TestKind"] = [compile_test(self, i, t) for i, t in enumerate(suite.tests)]
@@ -90,6 +90,25 @@ class Plan:
             for mid in test.case_models():
                 self.cases.append(Case(len(self.cases), test, mid))
         self._chunked = False
+
+    def check_gates(self) -> None:
+        """Gates must name settings the test has (``param``), and a paired gate a metric with
+        per-image values."""
+        for i, gate in enumerate(self.suite.gates):
+            test = self.test(gate.test)
+            if gate.param is not None:
+                labels = test.settings()
+                if gate.param not in labels:
+                    shown = ", ".join(label for label in labels if label) or "none"
+                    raise self.suite.error(("gates", i, "param"),
+                                           f"test {gate.test!r} has no setting {gate.param!r}",
+                                           hint=f"settings: {shown}")
+            if gate.paired and not test.pairable(gate.metric):
+                raise self.suite.error(("gates", i, "paired"),
+                                       f"metric {gate.metric!r} has no per-image values, so it "
+                                       "cannot be tested image by image",
+                                       hint="use a metric that reads the ledger, or drop "
+                                            "'paired'")
 
     # ------------------------------------------------------------------ lookup
 

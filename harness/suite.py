@@ -16,6 +16,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, field_valida
                       model_validator)
 
 from .errors import ParamError, PluginError, SuiteError
+from .records import baseline_label, transfer_label  # noqa: F401 (kept importable from here)
 
 Loc = tuple[Any, ...]
 
@@ -201,10 +202,28 @@ class TestConfig(_Strict):
     #: attack's batch size, capped by memory
     chunk_size: int | None = Field(default=None, ge=1)
 
-    @field_validator("attack", "analysis", "data", "baseline", mode="before")
+    @field_validator("analysis", "data", "baseline", mode="before")
     @classmethod
     def _specs(cls, v: Any) -> Spec | None:
         return _spec(v)
+
+    @field_validator("attack", mode="before")
+    @classmethod
+    def _attacks(cls, v: Any) -> Any:
+        """One attack, or a list of them (the test then also reports, per image, the worst
+        case over them)."""
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list of attacks")
+            return [Spec.coerce(a) for a in v]
+        return _spec(v)
+
+    @property
+    def attacks(self) -> list[Spec]:
+        """The test's attacks (none, one, or several)."""
+        if self.attack is None:
+            return []
+        return list(self.attack) if isinstance(self.attack, list) else [self.attack]
 
     @model_validator(mode="after")
     def _one_kind(self) -> "TestConfig":
@@ -216,6 +235,8 @@ class TestConfig(_Strict):
             raise ValueError("'baseline' and 'amplify' belong to transfer tests (add 'transfer')")
         if self.transfer is not None and self.attack is None:
             raise ValueError("a transfer test needs an attack to make the examples with")
+        if self.transfer is not None and isinstance(self.attack, list):
+            raise ValueError("a transfer test makes its examples with one attack, not a list")
         if self.transfer is not None and self.metrics is not None:
             raise ValueError("a transfer test reports adv_error and mean_distortion; "
                              "remove 'metrics'")
@@ -357,6 +378,8 @@ class Suite(_Strict):
     # filled in by load_suite
     _file: str = ""
     _text: str = ""
+    #: the plugins check_plugins built (when parsed with a registry)
+    _built: dict[Loc, Any] | None = None
     _lines: dict[Loc, int] = {}
     _code: list[Any] = []
 
@@ -390,33 +413,6 @@ class Suite(_Strict):
 
     def test_models(self, test: TestConfig) -> list[str]:
         return list(test.models) if test.models is not None else list(self.models)
-
-    def cases(self, shard: tuple[int, int] | None = None) -> list[tuple[int, TestConfig, str]]:
-        """(test index, test, model id) per case; a transfer test has one case per source
-        model and, with a baseline, one more (model :data:`BASELINE`).
-
-        ``shard`` ``(k, n)``: only the cases of shard k of n (1-based). Shards own whole
-        models (every case of a model is in the same shard, so each model is trained or
-        loaded for its cases by one shard), balanced by case count: the models with the
-        most cases first, each to the shard with the fewest cases so far."""
-        plan = []
-        for i, t in enumerate(self.tests):
-            plan += [(i, t, mid) for mid in self.test_models(t)]
-            if t.transfer is not None and t.baseline is not None:
-                plan.append((i, t, BASELINE))
-        if shard is None:
-            return plan
-        k, n = shard
-        groups: dict[str, int] = {}
-        for _, _, mid in plan:
-            groups[mid] = groups.get(mid, 0) + 1
-        load = [0] * n
-        owner = {}
-        for mid in sorted(groups, key=lambda m: -groups[m]):   # stable: suite order breaks ties
-            j = load.index(min(load))
-            owner[mid] = j
-            load[j] += groups[mid]
-        return [c for c in plan if owner[c[2]] == k - 1]
 
 
 DEFAULT_METRICS_ATTACK = ["clean_error", "adv_error", "success_rate", "mean_distortion", "seconds"]
@@ -505,9 +501,14 @@ def parse_suite(text: str, file: str = "<suite>", registry: Any = None,
     _check_references(suite)
     if registry is not None:
         built = check_plugins(suite, registry)
+        suite._built = built
         suite._code = code_refs(suite, built)
         check_code(suite, allow)
     _check_outputs(suite)
+    if registry is not None:
+        from .plan import Plan
+
+        Plan(suite, registry).check_gates()
     return suite
 
 
@@ -698,7 +699,10 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
     for i, test in enumerate(suite.tests):
         if test.data is not None:
             build("dataset", ("tests", i, "data"), test.data)
-        if test.attack is not None:
+        if isinstance(test.attack, list):
+            for j, spec in enumerate(test.attack):
+                build("attack", ("tests", i, "attack", j), spec)
+        elif test.attack is not None:
             build("attack", ("tests", i, "attack"), test.attack)
         if test.baseline is not None:
             build("attack", ("tests", i, "baseline"), test.baseline)
@@ -730,12 +734,6 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
                 raise suite.error(("gates", i, "max_drop"),
                                   f"metric {gate.metric!r} has no better direction, so a drop "
                                   "cannot be measured", hint="use min/max for it")
-        if k is not None and gate.param is not None and suite.tests[k].attack is not None:
-            labels = settings_of(suite, k, built)
-            if gate.param not in labels:
-                raise suite.error(("gates", i, "param"), f"test {gate.test!r} has no setting "
-                                                          f"{gate.param!r}",
-                                  hint=f"settings: {', '.join(l for l in labels if l) or 'none'}")
     return built
 
 
@@ -762,32 +760,6 @@ def resolve_suite_path(path: str | Path) -> Path:
     if p.exists() or p.suffix in (".yaml", ".yml") or "/" in str(path):
         return p
     return bundled_suites().get(str(path), p)
-
-
-def transfer_label(source: str, amplified: float | None = None) -> str:
-    """The ``param`` of transfer results: examples made for ``source`` (amplified)."""
-    return f"made_for={source}" + (f",amplified={amplified:g}" if amplified is not None else "")
-
-
-def baseline_label(attack: str, setting: str) -> str:
-    """The ``param`` of a transfer test's baseline results (``gaussian-noise stddev=0.1``)."""
-    return f"{attack} {setting}".strip()
-
-
-def settings_of(suite: Suite, i: int, built: dict[Loc, Any]) -> list[str]:
-    """The ``param`` values an attack test's results carry: the attack's sweep settings, or
-    for a transfer test, where its examples come from."""
-    test = suite.tests[i]
-    if test.transfer is None:
-        return [label for label, _ in built[("tests", i, "attack")].variants()]
-    out = []
-    for mid in suite.test_models(test):
-        out.append(transfer_label(mid))
-        out += [transfer_label(mid, a) for a in test.amplify or []]
-    if test.baseline is not None:
-        baseline = built[("tests", i, "baseline")]
-        out += [baseline_label(baseline.name, label) for label, _ in baseline.variants()]
-    return out
 
 
 def load_suite(path: str | Path, registry: Any = None, *, no_code: bool = False) -> Suite:

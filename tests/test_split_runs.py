@@ -152,19 +152,36 @@ def test_resume_from_the_command_line(runs, suite_file, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------ shards
 
-def test_shards_partition_the_cases_by_model(registry, suite_file):
+def test_shards_partition_the_chunks(registry, suite_file):
+    """Every chunk in exactly one shard, the work balanced, a model's chunks kept together
+    while it is not more than a shard's share."""
+    from harness.plan import Plan
+
     suite = load_suite(suite_file, registry)
-    whole = [(t.name, mid) for _, t, mid in suite.cases()]
+    plan = Plan(suite, registry).chunked(lambda test: _Sized(40))
+    whole = {ch.id for ch in plan.chunks()}
     for n in (1, 2, 3, 5):
-        parts = [[(t.name, mid) for _, t, mid in suite.cases((k, n))] for k in range(1, n + 1)]
-        assert sorted(sum(parts, [])) == sorted(whole)          # every case exactly once
-        owners = {}
-        for k, part in enumerate(parts):
-            for _, mid in part:
-                assert owners.setdefault(mid, k) == k           # a model's cases stay together
-        # 3 groups of cases (a: 4, b: 4, baseline: 1): balanced while there are groups
-        assert sorted(len(p) for p in parts) == {1: [9], 2: [4, 5], 3: [1, 4, 4],
-                                                 5: [0, 0, 1, 4, 4]}[n]
+        parts = [plan.shard(k, n) for k in range(1, n + 1)]
+        assert set().union(*parts) == whole and sum(map(len, parts)) == len(whole)
+        assert plan.shard(1, n) == parts[0]          # the same cut every time it is asked
+    # one model with many chunks is split across shards, its chunks in contiguous runs
+    one = load_suite(suite_file, registry)
+    one_plan = Plan(one, registry).chunked(lambda test: _Sized(4000))
+    lbfgs = next(c for c in one_plan.cases if c.test.name == "lbfgs" and c.model == "a")
+    owners = [next(k for k in (1, 2, 3, 4) if ch.id in one_plan.shard(k, 4))
+              for ch in lbfgs.chunks]
+    assert owners == sorted(owners)
+
+
+class _Sized:
+    """A stand-in data source of n 1x8x8 images, for planning."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.input_shape = (1, 8, 8)
+
+    def __len__(self) -> int:
+        return self.n
 
 
 @pytest.fixture(scope="module")

@@ -181,10 +181,13 @@ def test_validation(write_suite, registry, old, new, words):
 
 def test_cases_plan(write_suite, registry):
     """One case per source model, plus one for the baseline (what `harness validate` counts)."""
+    from harness.plan import Plan
+
     suite = load_suite(write_suite(SUITE), registry)
-    assert [mid for _, _, mid in suite.cases()] == ["near", "mlp", "(baseline)"]
+    assert [c.model for c in Plan(suite, registry).cases] == ["near", "mlp", "(baseline)"]
     no_baseline = SUITE.replace("    baseline: {use: gaussian-noise, stddev: [0.1, 0.3], clip: false}\n", "")
-    assert [mid for _, _, mid in load_suite(write_suite(no_baseline), registry).cases()] == ["near", "mlp"]
+    plan = Plan(load_suite(write_suite(no_baseline), registry), registry)
+    assert [c.model for c in plan.cases] == ["near", "mlp"]
 
 
 def test_noise_distortion_is_over_all_images_in_every_test_kind(tmp_path, capsys):

@@ -118,6 +118,10 @@ class TestKind:
         -> PNG bytes)."""
         return {}
 
+    def pairable(self, metric: str) -> bool:
+        """Whether :meth:`per_image` gives values for ``metric``."""
+        return False
+
     def per_image(self, ledger: "pd.DataFrame", model: str, metric: str,
                   param: str) -> "pd.Series | None":
         """The per-image values (indexed by image id; NaN where an image does not count)

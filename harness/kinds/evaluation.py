@@ -34,9 +34,9 @@ class EvaluationTest(TestKind):
         if ("tests", index, "attack") in built:
             attacks.append(("", built[("tests", index, "attack")]))
         j = 0
-        while ("tests", index, "attack", j) in built:
-            attacks.append((built[("tests", index, "attack", j)].name, built[("tests", index,
-                                                                             "attack", j)]))
+        while ("tests", index, "attack", j) in built:   # several attacks: named settings
+            attack = built[("tests", index, "attack", j)]
+            attacks.append((type(attack).name, attack))
             j += 1
         seen: dict[str, int] = {}
         named = []
@@ -172,6 +172,10 @@ class EvaluationTest(TestKind):
         if png:
             out["distortions.png"] = png
         return out
+
+    def pairable(self, metric: str) -> bool:
+        return any(name == metric and m.from_ledger and m.statistic in ("rate", "mean", "median")
+                   for name, m in self.metrics)
 
     def per_image(self, ledger: "pd.DataFrame", model: str, metric: str,
                   param: str) -> "pd.Series | None":

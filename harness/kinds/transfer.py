@@ -220,6 +220,9 @@ class TransferTest(TestKind):
         png = plots.transfer_heatmap(self.name, labels, self.targets, matrix, "adv_error")
         return {"transfer-matrix.png": png} if png else {}
 
+    def pairable(self, metric: str) -> bool:
+        return metric in ("adv_error", "success_rate", "mean_distortion")
+
     def per_image(self, ledger: "pd.DataFrame", model: str, metric: str,
                   param: str) -> "pd.Series | None":
         import numpy as np

@@ -12,7 +12,7 @@ from tabulate import tabulate
 from ..store import RunStore
 from ..suite import Suite, metric_specs
 
-PERCENT_SUFFIXES = ("_error", "_rate")
+PERCENT_SUFFIXES = ("_error", "_rate", "_accuracy")
 
 
 @dataclass
@@ -125,10 +125,15 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
             parts.append((["model"] + (["setting"] if with_param else []) + group_metrics, rows))
         headers, rows = parts[0] if parts else (["model"] + metrics, [])
         title = f"Test {test.name}"
-        what = test.attack if test.attack is not None else test.analysis
-        if what is not None:
+        specs = test.attacks or ([test.analysis] if test.analysis is not None else [])
+        described = []
+        for what in specs:
             params_txt = ", ".join(f"{k}={v}" for k, v in what.params.items())
-            title += f": {what.use}" + (f" ({params_txt})" if params_txt else "")
+            described.append(f"{what.use}" + (f" ({params_txt})" if params_txt else ""))
+        if described:
+            title += ": " + "; ".join(described)
+            if len(specs) > 1:
+                title += " (and worst-case: per image, the smallest successful perturbation)"
         spec = test.data or suite.data
         images = [c.get("images") or 0 for c in cases if c.get("test") == test.name]
         n = max(images) if images else None
@@ -169,14 +174,18 @@ def _values(value: Any) -> str:
 
 def gate_requirement(v: dict[str, Any]) -> str:
     parts = []
+    what = {"lower": "lower 95% bound ", "upper": "upper 95% bound "}.get(v.get("bound") or "",
+                                                                        "")
     if v.get("min") is not None:
-        parts.append(f">= {v['min']:g}")
+        parts.append(f"{what}>= {v['min']:g}")
     if v.get("max") is not None:
-        parts.append(f"<= {v['max']:g}")
+        parts.append(f"{what}<= {v['max']:g}")
     if v.get("max_drop") is not None:
         amount = (f"{100 * v['max_drop']:g}%" if v.get("drop", "relative") == "relative"
                   else f"{v['max_drop']:g}")
-        parts.append(f"drop <= {amount} vs baseline")
+        test = (f", significant at {v.get('alpha') or 0.05:g} (paired)" if v.get("paired")
+                else "")
+        parts.append(f"drop <= {amount} vs baseline{test}")
     return " and ".join(parts)
 
 

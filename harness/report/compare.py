@@ -50,3 +50,47 @@ def compare_tables(a: RunStore, b: RunStore, *, test: str | None = None,
         tables.append(Table("In one run only", ["test", "model", "metric", "setting", "run",
                                                 "value"], only))
     return tables
+
+
+def image_changes(a: RunStore, b: RunStore, *, test: str | None = None,
+                  images: bool = False) -> list[Table]:
+    """Per test, model and setting: how many images both runs share and how many changed
+    outcome each way (an image is *wrong* when the model misclassifies it: the attacked
+    image for a test with an attack, the clean image for one without). With ``images``, the
+    ids of the images that changed."""
+    import numpy as np
+
+    for store in (a, b):
+        if not (store.path / store.LEDGER).is_dir():
+            return [Table("Images that changed outcome", [], [],
+                          [f"{store.path} has no per-image ledger (written before ledgers "
+                           "were kept): only the aggregates can be compared"])]
+    frames = []
+    for store in (a, b):
+        df = store.ledger()
+        if test:
+            df = df[df["test"] == test]
+        wrong = np.where(df["adv_pred"].to_numpy() >= 0, df["adv_pred"].to_numpy(),
+                         df["clean_pred"].to_numpy()) != df["label"].to_numpy()
+        frames.append(df.assign(wrong=wrong)[["test", "model", "setting", "image", "wrong"]])
+    keys = ["test", "model", "setting", "image"]
+    both = frames[0].merge(frames[1], on=keys, suffixes=("_a", "_b"))
+    rows, listed = [], []
+    for (t, m, s), g in both.groupby(["test", "model", "setting"], sort=False):
+        worse = g[~g["wrong_a"] & g["wrong_b"]]
+        better = g[g["wrong_a"] & ~g["wrong_b"]]
+        rows.append([t, m, s, str(len(g)), str(len(worse)), str(len(better)),
+                     f"{100 * (len(worse) - len(better)) / len(g):+.3g} pts" if len(g) else "-"])
+        if images:
+            listed += [[t, m, s, "right -> wrong", img] for img in worse["image"]]
+            listed += [[t, m, s, "wrong -> right", img] for img in better["image"]]
+    notes = ["an image is wrong when the model misclassifies it: the attacked image in a test "
+             "with an attack, the clean image in one without; only images both runs have "
+             "count (the same data, by image id)"]
+    tables = [Table("Images that changed outcome (A -> B)",
+                    ["test", "model", "setting", "images", "right -> wrong",
+                     "wrong -> right", "net change"], rows, notes)]
+    if images:
+        tables.append(Table("The images that changed", ["test", "model", "setting",
+                                                        "change", "image"], listed))
+    return tables
