@@ -82,6 +82,12 @@ def test_compare_shows_deltas(write_suite, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "adv_error"]) == 0
     out = capsys.readouterr().out
-    lines = [ln for ln in out.splitlines() if ln.startswith("noise")]
+    aggregates, per_image = out.split("Images that changed outcome")
+    lines = [ln for ln in aggregates.splitlines() if ln.startswith("noise")]
     assert len(lines) == 2 and all("adv_error" in ln and "pts" in ln for ln in lines)
     assert "clean_error" not in out
+    # image by image: the noise differs with the seed, so some images change outcome
+    changed = [ln.split() for ln in per_image.splitlines() if ln.startswith("noise")]
+    # (the setting is empty: test, model, images, right -> wrong, wrong -> right, net)
+    assert len(changed) == 2 and all(int(c[2]) == 360 for c in changed)
+    assert any(int(c[3]) + int(c[4]) > 0 for c in changed)
