@@ -103,3 +103,17 @@ def sleepy(seconds: float = 1.0) -> nn.Module:
 def exits(code: int = 3) -> nn.Module:
     """A factory that ends the process (a plugin bug the harness must contain)."""
     raise SystemExit(code)
+
+
+def dies_once(marker: str) -> nn.Module:
+    """The nearest-mean digits classifier; the first process to build it (when ``marker``
+    does not exist yet) creates ``marker`` and is killed with SIGKILL (a worker lost in the
+    middle of a task)."""
+    import os
+    import signal
+
+    if not os.path.exists(marker):
+        with open(marker, "w") as fh:
+            fh.write(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return digits_template()

@@ -174,7 +174,9 @@ class EvaluationTest(TestKind):
         return out
 
     def pairable(self, metric: str) -> bool:
-        return any(name == metric and m.from_ledger and m.statistic in ("rate", "mean", "median")
+        from ..metric import Metric
+
+        return any(name == metric and m.from_ledger and type(m).values is not Metric.values
                    for name, m in self.metrics)
 
     def per_image(self, ledger: "pd.DataFrame", model: str, metric: str,
