@@ -114,6 +114,19 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.vecdot(a, b)
 
 
+def _front(t: Tensor, keep: Tensor) -> Tensor:
+    """``t[keep]`` (``keep`` ascending) moved to the front of ``t`` in place, a few rows (at
+    most about 2^22 values) at a time, as the view ``t[:len(keep)]``: no second copy of a
+    large state tensor. Safe since ``keep[i] >= i``: a row is read before any later chunk
+    writes over it."""
+    k = keep.numel()
+    chunk = max(1, 2 ** 22 // max(1, t[0].numel())) if len(t) else 1
+    for i in range(0, k, chunk):
+        j = min(k, i + chunk)
+        t[i:j] = t.index_select(0, keep[i:j])
+    return t[:k]
+
+
 class BoxLBFGS:
     """The state of ``B`` independent box-constrained L-BFGS problems of dimension ``d``.
 
@@ -234,8 +247,9 @@ class BoxLBFGS:
             if shift is not None:
                 self._f = self.f.index_select(0, ni)
                 self._g = self.g.index_select(0, ni)
-            for name, value in old.items():
-                setattr(self, name, torch.cat((value, getattr(self, name))))
+            if self._ids.numel():           # (nothing held: the new state is the state)
+                for name, value in old.items():
+                    setattr(self, name, torch.cat((value, getattr(self, name))))
             self._ids = torch.cat((self._ids, ni))
             self._bounds()
             if self.aux is not None:
@@ -270,9 +284,9 @@ class BoxLBFGS:
         """The held rows ``hr``'s Hessian changed by ``kappa [k]`` times the identity: every
         stored ``y`` gains ``kappa s``; the Gram blocks follow from S^T S."""
         m = self.m
-        SY = self._SY.index_select(0, hr)
-        SY[:, m:].add_(SY[:, :m] * kappa.to(SY.dtype)[:, None, None])
-        self._SY.index_copy_(0, hr, SY)
+        kd = kappa.to(self._SY.dtype)[:, None]
+        for j in range(m):                  # one slot at a time: little memory on top
+            self._SY[:, m + j].index_add_(0, hr, self._SY[:, j].index_select(0, hr) * kd)
         k = kappa.double()[:, None, None]
         sts = self._StS.index_select(0, hr)
         sty = self._StY.index_select(0, hr)
@@ -529,9 +543,9 @@ class BoxLBFGS:
             return
         keep = _rows(~done)
         for name in self._STATE:
-            setattr(self, name, getattr(self, name).index_select(0, keep))
+            setattr(self, name, _front(getattr(self, name), keep))
         if self._aux is not None:
-            self._aux = self._aux.index_select(0, keep)
+            self._aux = _front(self._aux, keep)
         self._ids = self._ids.index_select(0, keep)
         self._bounds()
 
