@@ -79,17 +79,19 @@ class LBFGS(Attack):
     depends on the size of the loss (about 2.3 at 10 classes, 6.9 at 1000) or of the input
     gradients, so the same defaults serve an MNIST MLP and an ImageNet ResNet.
 
-    Two refinements follow. The kept ``r`` is shortened along ``x + alpha r`` to the decision
-    boundary (regula falsi on the logit margin, at most ``refine_steps`` forward passes).
-    Then ``polish_steps`` steps move it along the boundary: the margin is linearized at
-    ``x + r`` (one gradient), the smallest perturbation ``q`` in the box reaching the
-    linearized boundary is found (Newton's method on a concave piecewise-linear function),
-    the first success on the segment from ``q`` to ``r`` is found and moved back to the
-    boundary along its ray from ``x`` (a few forward passes each), and kept when shorter.
-    (The penalty's minimizers are not exactly the smallest perturbations: the cross-entropy
-    also pushes away from the other classes; on smooth models the polish removes most of
-    that excess. On ReLU networks the linearization holds only in a tiny region and the
-    polish rarely finds a shorter point.)
+    Two refinements follow. ``polish_steps`` steps move the kept ``r`` along the decision
+    boundary: the margin is linearized at ``x + r`` (one gradient), the smallest perturbation
+    ``q`` in the box reaching the linearized boundary is found (Newton's method on a concave
+    piecewise-linear function), the first success on the segment from ``q`` to ``r`` is found
+    and moved back to the boundary along its ray from ``x`` (a few forward passes each), and
+    kept when shorter. The first step starts from the point the search found, inside the
+    goal, where the linearized boundary lies further in than at the boundary itself: its
+    step is longer, and on the paper's MNIST nets it finds about twice the gain. Then what
+    was kept is shortened along ``x + alpha r`` to the boundary (regula falsi on the logit
+    margin, at most ``refine_steps`` forward passes). (The penalty's minimizers are not
+    exactly the smallest perturbations: the cross-entropy also pushes away from the other
+    classes; on smooth models the polish removes that excess. On ReLU networks the
+    linearization holds only in a tiny region and the polish rarely finds a shorter point.)
 
     The distance term is the squared L2 norm (smooth, so the optimizer sees a quadratic);
     the paper writes ``c|r|`` without saying which norm power. ``loss_f`` is the paper's
@@ -126,8 +128,8 @@ class LBFGS(Attack):
     - ``progress_rtol`` [1e-2]: ... or when a step lowers the objective by less than this
       fraction of the decrease since the solve began (smaller: closer minimizers, smaller
       perturbations, more gradient evaluations);
-    - ``refine_steps`` [8]: most forward passes of the final shortening (0 = none);
     - ``polish_steps`` [3]: steps along the decision boundary (0 = none: the plain method);
+    - ``refine_steps`` [8]: most forward passes of the final shortening (0 = none);
     - ``gtol``, ``ftol``: deprecated (an absolute gradient tolerance and a decrease relative
       to the loss's value, which do not carry over from one model to another); when given,
       they stop a solve in addition to ``grad_rtol`` and ``progress_rtol``.
@@ -490,12 +492,15 @@ class LBFGS(Attack):
             gr = torch.zeros_like(todo)
             g0 = m0 - self._threshold(logits0).index_select(0, todo)
             g_r = best_m.index_select(0, todo)
+            # polish from the point found (inside the goal: the linearized boundary lies
+            # further in, and the steps are longer than from the boundary itself), then
+            # shorten what was kept
+            for _ in range(self.polish_steps):
+                rs, g_r = self._polish(model, xs, rs, g_r, lab, shape, g0, gr, fw)
             if self.refine_steps:
                 a, g_r = self._boundary(model, xs, rs, lab, shape, torch.zeros_like(m0), g0,
                                         torch.ones_like(m0), g_r, self.refine_steps, fw)
                 rs = a[:, None] * rs
-            for _ in range(self.polish_steps):
-                rs, g_r = self._polish(model, xs, rs, g_r, lab, shape, g0, gr, fw)
             r = rs if every else r.index_copy_(0, todo, rs)
             forward.index_add_(0, todo, fw)
             grads.index_add_(0, todo, gr)
