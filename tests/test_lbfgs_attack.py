@@ -356,3 +356,60 @@ def test_deprecated_tolerances_warn_and_still_stop_solves(model, data):
     tight = LBFGS(search_steps=3)
     assert int(loose(model, x[:8], y[:8]).grad_evals.sum()) < \
         int(tight(model, x[:8], y[:8]).grad_evals.sum())
+
+
+# --- against the exact minimum --------------------------------------------------------------
+
+def _exact_minimum(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, t: int,
+                   margin: float) -> float:
+    """min ||r|| with x + r in [0, 1] and (W (x + r) + b)_t - (W (x + r) + b)_j >= margin for
+    every j != t: a convex QP, solved through its dual (one multiplier per other class; the
+    primal minimizer for multipliers lam is clamp(A^T lam / 2) to the box)."""
+    import numpy as np
+
+    optimize = pytest.importorskip("scipy.optimize")
+    W, b, x = W.double().numpy(), b.double().numpy(), x.double().numpy()
+    others = [j for j in range(len(b)) if j != t]
+    A = W[t] - W[others]
+    beta = margin - (A @ x + b[t] - b[others])
+    lo, hi = -x, 1 - x
+
+    def neg_dual(lam):
+        u = A.T @ lam
+        r = np.clip(u / 2, lo, hi)
+        return -(r @ r - u @ r + lam @ beta), -(beta - A @ r)
+
+    sol = optimize.minimize(neg_dual, np.full(len(others), 0.1), jac=True, method="L-BFGS-B",
+                            bounds=[(0, None)] * len(others),
+                            options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-12})
+    r = np.clip(A.T @ sol.x / 2, lo, hi)
+    assert (A @ r - beta).min() > -1e-7
+    return float(np.sqrt(r @ r))
+
+
+def test_softmax_regression_within_one_percent_of_the_exact_minimum():
+    """For a linear classifier the smallest perturbation reaching a target is a convex QP:
+    the attack's perturbations are never shorter than the exact minimum (they are verified
+    successes) and on average within 1% of it (without the polish: 3%)."""
+    torch.manual_seed(0)
+    train = harness.Context().dataset("digits", split="train")
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=0.05, weight_decay=1e-3)
+    for _ in range(200):
+        loss = nn.functional.cross_entropy(net(train.x), train.y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model = Model(net, input_shape=(1, 8, 8), num_classes=10, name="digits-softmax")
+    test = harness.Context().dataset("digits", split="test")
+    x, y = test.x[:40], test.y[:40]
+    res = LBFGS()(model, x, y)
+    assert bool(res.success.all())
+    W, b = net[1].weight.detach(), net[1].bias.detach()
+    moved = (~res.already).nonzero().squeeze(1).tolist()
+    ours = res.l2[moved]
+    exact = torch.tensor([_exact_minimum(W, b, x[i].flatten(), int(res.target[i]), 1e-5)
+                          for i in moved])
+    assert bool((ours >= exact * (1 - 1e-3)).all())
+    assert float(ours.mean()) <= 1.01 * float(exact.mean()), (float(ours.mean()),
+                                                              float(exact.mean()))
