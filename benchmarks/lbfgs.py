@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from tabulate import tabulate
 from torch import nn
 
@@ -164,8 +165,11 @@ def load(name: str, ctx: harness.Context, args) -> tuple[harness.Model, torch.Te
 
 
 # --------------------------------------------------------------------------- attacks
+LBFGS_PARAMS: dict = {}
+
+
 def make_lbfgs(model, x, y, t, ctx):
-    attack = ctx.registry.build("attack", "lbfgs", {"target": "next"})
+    attack = ctx.registry.build("attack", "lbfgs", {"target": "next", **LBFGS_PARAMS})
 
     def run(m=model):
         res = attack(m, x, y, ctx)
@@ -238,12 +242,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", nargs="*", choices=MODELS, default=MODELS)
     ap.add_argument("--attacks", nargs="*", choices=["lbfgs", "ddn", "advertorch"],
                     default=["lbfgs", "ddn"], help="advertorch: MNIST models only")
+    ap.add_argument("--lbfgs", default="", metavar="K=V,...",
+                    help="lbfgs parameters other than the defaults, e.g. progress_rtol=1e-3")
     ap.add_argument("--ddn-steps", type=int, default=1000)
     ap.add_argument("--ddn-steps-224", type=int, default=100)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--repeat", type=int, default=1,
                     help="timed runs of each attack, taken in turns; the best time counts")
     args = ap.parse_args(argv)
+    for item in filter(None, args.lbfgs.split(",")):
+        key, _, value = item.partition("=")
+        LBFGS_PARAMS[key.strip()] = yaml.safe_load(value)
     if args.threads:
         torch.set_num_threads(args.threads)
     reg = default_registry()
@@ -251,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                           registry=reg)
     load_avg = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {ctx.device}, "
-          f"load average before: {load_avg}")
+          f"load average before: {load_avg}; lbfgs {LBFGS_PARAMS or 'defaults'}")
 
     rows = []
     goals = []
@@ -301,8 +310,9 @@ def main(argv: list[str] | None = None) -> None:
                 bad = [f for f in failure if f]
                 if bad:
                     note = ", ".join(f"{bad.count(c)} {c}" for c in sorted(set(bad)))
+            label = f"{name} ({model.name})" if name in PAPER else model.name
             rows.append([
-                model.name if a == wanted[0] else "", f"{len(x)}" if a == wanted[0] else "",
+                label if a == wanted[0] else "", f"{len(x)}" if a == wanted[0] else "",
                 a if a != "ddn" else f"ddn ({steps} steps)", f"{succ:.0%}", f"{dist:.5f}",
                 f"{seconds:.2f}",
                 f"{base[2] / seconds:.2f}x" if base and a != "ddn" else "",
@@ -311,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"{share[a]:.0%}", note])
         if base and "lbfgs" in stats:
             s = stats["lbfgs"]
-            goals.append((model.name, s[0] == 1.0, s[1] <= base[1], base[2] / s[2] >= 3,
+            goals.append((name, s[0] == 1.0, s[1] <= base[1], base[2] / s[2] >= 3,
                           share["lbfgs"] >= 0.6, clean_err))
     headers = ["model", "images", "attack", "success", "mean distortion", "wall s",
                "DDN time / this", "dist / DDN's", "grad / fwd passes per image",
