@@ -276,7 +276,7 @@ class LBFGS(Attack):
                 break
             lo, hi = a_lo.index_select(0, ti), a_hi.index_select(0, ti)
             glo, ghi = g_lo.index_select(0, ti), g_hi.index_select(0, ti)
-            frac = (glo / (glo - ghi)).clamp(0.02, 0.98)
+            frac = (glo / (glo - ghi).clamp(max=-1e-30)).clamp(0.02, 0.98)
             a = lo + frac * (hi - lo)
             m, thr = self._probe(model, torch.addcmul(base.index_select(0, ti), a[:, None],
                                                       p.index_select(0, ti)),
@@ -328,10 +328,11 @@ class LBFGS(Attack):
                 grads: torch.Tensor, forwards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One step along the decision boundary from the successful ``x0 + r`` (its ``g =
         margin - threshold`` is ``g_r``; ``g0`` that of the clean image): linearize the margin
-        at ``x0 + r`` (one gradient), take the smallest ``q`` in the box on the linearized
-        boundary, find where the segment from ``q`` to ``r`` enters the goal and move that
-        point along its ray from ``x0`` back to the boundary; keep it where it is shorter than
-        ``r``. Returns the new ``r`` and its ``g``."""
+        a little further along the ray, at ``x0 + (1 + POLISH_INSIDE) r`` (one gradient),
+        take the smallest ``q`` in the box on the linearized boundary, find where the segment
+        from ``q`` to that point (or to ``r``, where it is no success) enters the goal and
+        move that point along its ray from ``x0`` back to the boundary; keep it where it is
+        shorter than ``r``. Returns the new ``r`` and its ``g``."""
         # linearize a little inside the goal, along the ray (the step then reaches further)
         inner = torch.clamp(x0 + (1 + POLISH_INSIDE) * r, 0.0, 1.0)
         z = inner.requires_grad_(True)
@@ -343,6 +344,9 @@ class LBFGS(Attack):
         margin, thr = margin.detach(), self._threshold(logits)
         inner = inner.detach_().sub_(x0)
         g_in = margin - thr
+        inside = g_in > 0
+        inner = torch.where(inside[:, None], inner, r)
+        g_in = torch.where(inside, g_in, g_r)
         # the linearized margin reaches thr where n.q >= n.inner - margin + thr
         q = self._tangent_point(n, _dot(n, inner) - g_in, -x0, 1.0 - x0)
         mq, tq = self._probe(model, x0 + q, label, shape)
