@@ -311,13 +311,6 @@ class BoxLBFGS:
         evaluation (NaN before it): the reference of ``gtol_rel``."""
         return self._gref_out.index_copy(0, self._ids, self._gref)
 
-    def current(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(idx, x, f, g)`` of the held rows in mask ``rows``: their ids ``[k]`` and their
-        current points, values and gradients."""
-        hr = _rows(rows.index_select(0, self._ids))
-        return (self._ids.index_select(0, hr), self._x.index_select(0, hr),
-                self._f.index_select(0, hr), self._g.index_select(0, hr))
-
     def stop(self, rows: Tensor) -> None:
         """Stop the rows in mask ``rows`` ([B] bool) where they are (status kept)."""
         held = rows.index_select(0, self._ids) & (self._phase != DONE)
