@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness_plugins.attacks.lbfgsb import (CONVERGED_F, CONVERGED_GRAD, MAX_ITER, BoxLBFGS,
-                                            minimize)
+from harness_plugins.attacks.lbfgsb import (CONVERGED_F, CONVERGED_GRAD, MAX_ITER, NOT_FINITE,
+                                            BoxLBFGS, minimize)
 
 scipy_optimize = pytest.importorskip("scipy.optimize")
 
@@ -266,3 +266,164 @@ def test_restart_of_a_row_already_dropped_from_the_working_set():
     torch.testing.assert_close(opt.x, xstar, atol=1e-5, rtol=0)
     assert torch.equal(opt.aux, 10 * torch.arange(4))
     assert int(opt.iters[0]) > 0
+
+
+# --- scale-free stopping, warm restarts with a known change, states ------------------------
+
+SCALE_FREE = dict(gtol=0.0, ftol=0.0, gtol_rel=1e-6, progress_tol=1e-9, max_iter=500)
+
+
+def test_scale_free_rules_do_not_see_the_objective_s_scale_or_offset():
+    """gtol_rel and progress_tol take the same steps to the same point whether f is scaled
+    or shifted; the absolute and value-relative rules do not."""
+    A, b, lo, hi = random_quadratics([12, 7, 16], seed=12)
+    x0 = torch.zeros_like(b)
+
+    def scaled(k: float, shift: float = 0.0):
+        def fun(x, idx):
+            f, g = quadratic(A, b)(x, idx)
+            return k * f + shift, k * g
+        return fun
+
+    ref = minimize(scaled(1.0), x0, lo, hi, **SCALE_FREE)
+    assert bool(ref.converged.all())
+    for k in (2.0 ** -14, 2.0 ** 14):    # powers of two: every product is scaled exactly
+        res = minimize(scaled(k), x0, lo, hi, **SCALE_FREE)
+        assert torch.equal(res.iters, ref.iters), k
+        assert torch.equal(res.x, ref.x), k
+    shifted = minimize(scaled(1.0, 1e3), x0, lo, hi, **SCALE_FREE)
+    assert bool(((shifted.iters - ref.iters).abs() <= 2).all())
+    torch.testing.assert_close(shifted.x, ref.x, atol=1e-6, rtol=0)
+    # the old rules stop at different places for different scales
+    loose = dict(gtol=1e-5, ftol=1e-9, max_iter=500)
+    small = minimize(scaled(1e-4), x0, lo, hi, **loose)
+    big = minimize(scaled(1e4), x0, lo, hi, **loose)
+    assert not torch.equal(small.iters, big.iters)
+
+
+def test_relative_gradient_rule_and_its_reference():
+    A, b, lo, hi = random_quadratics([10, 10], seed=13)
+    lo.fill_(-1e3)
+    hi.fill_(1e3)
+    opt = BoxLBFGS(quadratic(A, b), torch.zeros_like(b), lo, hi, m=5, gtol=0.0, ftol=0.0,
+                   gtol_rel=1e-4, max_iter=500)
+    while opt.any_running():
+        opt.step()
+    assert bool((opt.status == CONVERGED_GRAD).all())
+    torch.testing.assert_close(opt.gref, b.norm(dim=1))        # the gradient at x = 0 is b
+    assert bool((opt.g.norm(dim=1) <= 1e-4 * opt.gref).all())
+    assert bool((opt.g.norm(dim=1) > 1e-9 * opt.gref).all())   # it did not run on for ever
+
+
+def test_restart_with_a_known_shift_needs_no_evaluation():
+    """Adding c |x|^2 to the objective: restarting with the change of value and gradient
+    follows the same steps as restarting with a fresh evaluation, one evaluation sooner."""
+    A, b, lo, hi = random_quadratics([9, 9, 9], seed=14)
+    c = torch.zeros(3, dtype=torch.float64)
+
+    def fun(x, idx):
+        f, g = quadratic(A, b)(x, idx)
+        ci = c[idx]
+        return f + ci * (x * x).sum(1), g + 2 * ci[:, None] * x
+
+    runs = {}
+    for how in ("evaluate", "shift"):
+        c.zero_()
+        opt = BoxLBFGS(fun, torch.zeros_like(b), lo, hi, m=5, **TIGHT)
+        while opt.any_running():
+            opt.step()
+        before = opt.nfev.clone()
+        c.copy_(torch.tensor([0.0, 2.0, 5.0], dtype=torch.float64))
+        rows = torch.tensor([False, True, True])
+        if how == "evaluate":
+            opt.restart(rows)
+        else:
+            opt.restart(rows, shift=lambda x, idx: (c[idx] * (x * x).sum(1), 2 * c[idx, None] * x))
+        while opt.any_running():
+            opt.step()
+        runs[how] = (opt.x.clone(), opt.iters.clone(), opt.nfev - before)
+    (xe, ie, ne), (xs, is_, ns) = runs["evaluate"], runs["shift"]
+    torch.testing.assert_close(xs, xe, atol=1e-9, rtol=0)
+    assert torch.equal(is_, ie)
+    assert torch.equal(ns, ne - torch.tensor([0, 1, 1]))
+    ref = minimize(fun, torch.zeros_like(b), lo, hi, **TIGHT)
+    torch.testing.assert_close(xs, ref.x, atol=1e-6, rtol=0)
+
+
+def test_not_finite_start_is_reported_and_other_rows_go_on():
+    A, b, lo, hi = random_quadratics([6, 6, 6], seed=15)
+
+    def fun(x, idx):
+        f, g = quadratic(A, b)(x, idx)
+        bad = idx == 1
+        return torch.where(bad, float("nan"), f), g
+
+    res = minimize(fun, torch.zeros_like(b), lo, hi, **TIGHT)
+    assert res.status.tolist()[1] == NOT_FINITE and int(res.nfev[1]) == 1
+    assert bool(res.converged[[0, 2]].all())
+
+
+def test_without_keep_stopped_rows_leave_no_copies():
+    A, b, lo, hi = random_quadratics([8, 8, 8, 8], seed=16)
+    opt = BoxLBFGS(quadratic(A, b), torch.zeros_like(b), lo, hi, keep=False, **TIGHT)
+    while opt.any_running():
+        opt.step()
+    assert opt.x is None and opt.g is None
+    assert bool((opt.status == CONVERGED_GRAD).all() | (opt.status == CONVERGED_F).all())
+    assert not bool(opt.step().any())                  # a step with nothing to run
+    assert opt._ids.numel() == 0                       # ... dropped the stopped rows
+    with pytest.raises(ValueError, match="keep=False"):
+        opt.restart(torch.tensor([True, False, False, False]))
+    opt.restart(torch.tensor([True, False, False, False]), torch.zeros_like(b))
+    while opt.any_running():
+        opt.step()
+    assert int(opt.nfev[0]) > int(opt.nfev[1])
+
+
+def test_restart_that_bends_the_history_keeps_it_exact():
+    """A restart with ``curvature`` (the objective gained (kappa / 2) |x|^2) keeps the
+    history with every y raised by kappa s: the Gram blocks stay equal to the products of
+    the stored vectors, and the rows reach the new optimum as they do from a cleared
+    history. Rows are restarted as they stop, while the optimizer still holds them (as the
+    attack does)."""
+    A, b, lo, hi = random_quadratics([12, 12, 12], seed=17)
+    lo.fill_(-10.0)
+    hi.fill_(10.0)
+    kappa = torch.zeros(3, dtype=torch.float64)
+    dk = torch.tensor([3.0, -0.05, 0.5], dtype=torch.float64)
+
+    def fun(x, idx):
+        f, g = quadratic(A, b)(x, idx)
+        k = kappa[idx]
+        return f + 0.5 * k * (x * x).sum(1), g + k[:, None] * x
+
+    def bend(x, idx, d):
+        return 0.5 * d[idx] * (x * x).sum(1), d[idx, None] * x
+
+    for keep_history in (False, True):
+        kappa.zero_()
+        bent = torch.zeros(3, dtype=torch.bool)
+        opt = BoxLBFGS(fun, torch.zeros_like(b), lo, hi, m=10, gtol=1e-5, ftol=0.0,
+                       max_iter=500)
+        while opt.any_running():
+            stopped = opt.step()
+            now = stopped & ~bent
+            if bool(now.any()):
+                d = torch.where(now, dk, 0.0)
+                kappa += d
+                bent |= now
+                opt.restart(now, shift=lambda x, idx, d=d: bend(x, idx, d),
+                            curvature=d if keep_history else None)
+                if keep_history:
+                    held = now.index_select(0, opt._ids)
+                    assert bool(opt._valid[held].any(1).all())
+                    m = opt.m
+                    S, Y = opt._SY[:, :m], opt._SY[:, m:]
+                    vv = (opt._valid[:, :, None] & opt._valid[:, None, :]) & held[:, None, None]
+                    for mine, ref in ((opt._StY, S @ Y.mT), (opt._YtY, Y @ Y.mT),
+                                      (opt._StS, S @ S.mT)):
+                        torch.testing.assert_close(mine[vv], ref[vv], atol=1e-9, rtol=1e-9)
+        assert bool(bent.all())
+        assert bool(((opt.status == CONVERGED_GRAD) | (opt.status == CONVERGED_F)).all())
+        ref = minimize(fun, torch.zeros_like(b), lo, hi, gtol=1e-9, ftol=0.0, max_iter=500)
+        torch.testing.assert_close(opt.x, ref.x, atol=1e-4, rtol=0)

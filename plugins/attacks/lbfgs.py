@@ -3,19 +3,33 @@ search over c per image (Szegedy et al. 2013, Section 4.1)."""
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
+from typing import ClassVar
 
 import torch
 
 from harness import (Attack, AttackResult, Context, Model, ModelError, ParamError,
                      check_target, choose_targets)
 
-from .lbfgsb import BoxLBFGS
+from .lbfgsb import MAX_ITER, NOT_FINITE, BoxLBFGS
 
 #: relative room above round-off a kept point's margin must have (see ``LBFGS._safe``)
 SAFE_MARGIN = 1e-5
-#: bisection steps of each polishing step's segment search and shortening
-POLISH_SEGMENT_STEPS = 10
+#: with ``batch_size: auto``, images per batch = this many input values / the input's size
+#: (at most ``AUTO_BATCH_MAX``): 1000 MNIST images, 682 at 3x32x32, 13 at 3x224x224
+AUTO_BATCH_VALUES = 2 ** 21
+AUTO_BATCH_MAX = 1000
+#: a boundary search along a ray stops once its bracket is narrower than this, relative
+ROOT_RTOL = 1e-5
+#: most forward passes of the boundary search of each polishing step
+POLISH_SEARCH_STEPS = 5
+#: the polish linearizes the margin this much further along the ray than the point kept
+POLISH_INSIDE = 3e-3
+#: Newton steps and relative tolerance of the polish's linearized projection
+TANGENT_STEPS = 8
+TANGENT_RTOL = 1e-4
 
 
 def _positive(name: str, value: float) -> float:
@@ -31,6 +45,10 @@ def _count(name: str, value: int, least: int) -> int:
     return value
 
 
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vecdot(a, b)
+
+
 class LBFGS(Attack):
     """Box-constrained L-BFGS (Szegedy et al. 2013): per image, the smallest r found with
     f(x + r) = l (targeted) or f(x + r) != y (untargeted) and x + r in [0, 1].
@@ -44,19 +62,38 @@ class LBFGS(Attack):
     where the minimizers' logit margins interpolate to zero (kept within the middle 60% of
     the bracket). An image stops once its bracket is narrower than a factor
     ``1 + const_rtol`` or after ``search_steps`` values of ``c``. Each new ``c`` starts from
-    the previous minimizer (warm start), and images move on to their next ``c`` independently,
-    so the batch stays full. Every point the model is evaluated at is a candidate: the
-    successful one of smallest norm is kept per image.
+    the previous minimizer with the L-BFGS history kept: changing ``c`` adds a multiple of
+    ``||r||^2``, whose effect on the value, the gradient and every stored curvature pair is
+    known exactly, so no model evaluation is spent on the restart and the first step is
+    already a quasi-Newton one. Images move on to their next ``c`` independently, so the
+    batch stays full. Every point the model is evaluated at is a candidate: the successful
+    one of smallest norm is kept per image.
 
-    Two cheap refinements follow. The kept ``r`` is shortened by ``refine_steps`` steps of
-    bisection on ``alpha`` in ``x + alpha r`` (forward passes only), removing the overshoot
-    past the decision boundary. Then ``polish_steps`` steps move it along the boundary: the
-    logit margin is linearized at ``x + r`` (one gradient), the smallest perturbation in the
-    box reaching the linearized boundary is taken, the first success on the segment from it
-    back to ``r`` is found by bisection and shortened again (forward passes), and kept when
-    shorter. (The penalty's minimizers are not exactly the smallest perturbations: the
-    cross-entropy also pushes away from the other classes; on MNIST the polish removes most
-    of that excess, about 0.4% of the distortion.)
+    Defaults that follow the model's scale. ``initial_const: auto`` balances the two terms
+    per image from the model itself: with ``g`` the loss gradient at the image (on the
+    pixels free to move) and ``D`` the drop of the loss from the image to the nearest tie
+    (the target's logit raised to the best other one; untargeted: the best other one raised
+    to the true one's), a linear model of the loss puts the boundary at distance ``D / |g|``
+    along ``-g``, and ``c = |g|^2 / (2 D)`` is the value whose penalized minimizer stops right
+    there. The inner solves stop on scale-free rules: when the gradient on the free pixels
+    has shrunk to ``grad_rtol`` of its size at the image, or when a step lowers the objective
+    by less than ``progress_rtol`` of what this value of ``c`` has gained so far. Neither
+    depends on the size of the loss (about 2.3 at 10 classes, 6.9 at 1000) or of the input
+    gradients, so the same defaults serve an MNIST MLP and an ImageNet ResNet.
+
+    Two refinements follow. ``polish_steps`` steps move the kept ``r`` along the decision
+    boundary: the margin is linearized a little inside the goal, at ``x + (1 + 0.003) r``
+    (one gradient), the smallest perturbation ``q`` in the box reaching the linearized
+    boundary is found (Newton's method on a concave piecewise-linear function), the first
+    success on the segment from ``q`` to that point is found and moved back to the boundary
+    along its ray from ``x`` (a few forward passes each), and kept when shorter. Linearized
+    inside the goal rather than on its boundary, the step reaches further; the first step
+    starts from the point the search found, which lies deeper inside still. Then what was
+    kept is shortened along ``x + alpha r`` to the boundary (regula falsi on the logit
+    margin, at most ``refine_steps`` forward passes). (The penalty's minimizers are not
+    exactly the smallest perturbations: the cross-entropy also pushes away from the other
+    classes; on smooth models the polish removes that excess. On ReLU networks the
+    linearization holds only in a tiny region and the polish rarely finds a shorter point.)
 
     The distance term is the squared L2 norm (smooth, so the optimizer sees a quadratic);
     the paper writes ``c|r|`` without saying which norm power. ``loss_f`` is the paper's
@@ -71,41 +108,76 @@ class LBFGS(Attack):
     - ``target`` [next]: ``next`` (y + 1 mod K), ``random`` (uniform over the other labels,
       drawn from the run's seed and the batch's labels), ``least-likely`` or a class label;
     - ``targeted`` [true]: false = any label but the true one (``target`` is then unused);
-    - ``batch_size`` [1000]: images attacked together; memory is about
-      ``(2 * history + 10) * batch_size * input size`` floats;
-    - ``initial_const`` [3.0]: first ``c`` (its scale depends on the input size and the
-      model; the default suits MNIST-sized inputs);
+    - ``batch_size`` [auto]: images attacked together; ``auto`` takes as many as make about
+      2 million input values (``AUTO_BATCH_VALUES``), at most 1000: 1000 MNIST images, 682
+      at 3x32x32, 13 at 3x224x224. Memory: at its peak the attack holds about
+      ``2 * history + 15`` input-sized float vectors per image of the batch (25 with the
+      default history: the L-BFGS history, point, gradient, trial point, direction, work
+      vectors, the best point found, and the model's input gradient while it is computed;
+      measured by ``benchmarks/lbfgs_memory.py``), plus what the model needs for one forward
+      and backward pass of the batch. For a torchvision resnet18 at 3x224x224 that is about
+      15 MB of attack state and 47 MB of activations per image: some 0.8 GB for the automatic
+      13 images, against 62 GB for a batch of 1000;
+    - ``initial_const`` [auto]: first ``c``, per image from the model's loss and gradient
+      (see above), or one number for all images;
     - ``const_factor`` [3.0]: growth / shrink factor of ``c`` until the goal is bracketed;
     - ``search_steps`` [10]: most values of ``c`` tried per image;
     - ``const_rtol`` [0.05]: an image stops once ``c_fail / c_success <= 1 + const_rtol``;
     - ``max_iter`` [100]: L-BFGS iterations per value of ``c``;
     - ``history`` [5]: (s, y) pairs kept per image by L-BFGS;
-    - ``gtol`` [1e-5]: L-BFGS stops when the projected gradient's largest entry is below it;
-    - ``ftol`` [1e-4]: ... or when a step lowers the objective by less than this fraction;
-    - ``refine_steps`` [16]: bisection steps of the final shortening (0 = none);
-    - ``polish_steps`` [3]: steps along the decision boundary (0 = none: the plain method).
+    - ``grad_rtol`` [1e-2]: an L-BFGS solve stops when the gradient on the free pixels is
+      below this fraction of its size at the image;
+    - ``progress_rtol`` [1e-2]: ... or when a step lowers the objective by less than this
+      fraction of the decrease since the solve began (smaller: closer minimizers, smaller
+      perturbations, more gradient evaluations);
+    - ``polish_steps`` [3]: steps along the decision boundary (0 = none: the plain method);
+    - ``refine_steps`` [8]: most forward passes of the final shortening (0 = none);
+    - ``gtol``, ``ftol``: deprecated (an absolute gradient tolerance and a decrease relative
+      to the loss's value, which do not carry over from one model to another); when given,
+      they stop a solve in addition to ``grad_rtol`` and ``progress_rtol``.
 
     Images the model already assigns to the target (untargeted: already misclassifies) are
     returned unchanged and reported in ``already`` (a success with zero perturbation).
-    Images with no successful point found are returned unchanged with ``success`` false.
-    ``info`` holds per image ``const`` (the largest successful ``c``, 0 if none),
-    ``iterations`` (L-BFGS steps over all values of ``c``) and ``const_steps`` (values of
-    ``c`` tried). ``grad_evals`` counts forward+backward passes of the model,
-    ``forward_evals`` forward-only passes (the clean prediction and the refinements).
+    Images with no successful point found are returned unchanged with ``success`` false and
+    a ``failure`` code saying why (see :attr:`failure_advice`; the harness's reports show
+    them beside the success rate). ``info`` holds per image ``const`` (the largest successful
+    ``c``, 0 if none), ``initial_const`` (the first ``c``), ``iterations`` (L-BFGS steps over
+    all values of ``c``) and ``const_steps`` (values of ``c`` tried). ``grad_evals`` counts
+    forward+backward passes of the model, ``forward_evals`` forward-only passes (the clean
+    prediction and the refinements).
     """
 
+    failure_advice: ClassVar[dict[str, str]] = {
+        "budget": "the L-BFGS iteration limit per value of c stopped the last solve before "
+                  "it converged; raise max_iter",
+        "c-search": "every value of c tried held the perturbation back too much (the search "
+                    "shrank c search_steps times without reaching the goal); raise "
+                    "search_steps or const_factor, or give a smaller initial_const",
+        "bad-gradient": "the model's gradient does not describe its loss (a step along it "
+                        "does not lower the loss as predicted: masked, quantized or "
+                        "non-differentiable layers); use a gradient-free attack",
+        "non-finite": "the model returned NaN or infinite logits or gradients at the image "
+                      "or near it; check the model's weights and input normalization",
+        "no-gradient": "the loss has no gradient at the image on the pixels free to move "
+                       "(saturated softmax or gradients cut off); use a gradient-free attack "
+                       "or the model's logits before the saturation",
+    }
+
     def __init__(self, *, target: str | int = "next", targeted: bool = True,
-                 batch_size: int = 1000, initial_const: float = 3.0,
+                 batch_size: int | str = "auto", initial_const: float | str = "auto",
                  const_factor: float = 3.0, search_steps: int = 10,
                  const_rtol: float = 0.05, max_iter: int = 100, history: int = 5,
-                 gtol: float = 1e-5, ftol: float = 1e-4, refine_steps: int = 16,
-                 polish_steps: int = 3):
+                 grad_rtol: float = 1e-2, progress_rtol: float = 1e-2,
+                 refine_steps: int = 8, polish_steps: int = 3,
+                 gtol: float | None = None, ftol: float | None = None):
         self.target = check_target(target)
         if not isinstance(targeted, bool):
             raise ParamError("targeted", f"targeted must be true or false, not {targeted!r}")
         self.targeted = targeted
-        self.batch_size = _count("batch_size", batch_size, 1)
-        self.initial_const = _positive("initial_const", initial_const)
+        self.batch_size = batch_size if batch_size == "auto" \
+            else _count("batch_size", batch_size, 1)
+        self.initial_const = initial_const if initial_const == "auto" \
+            else _positive("initial_const", initial_const)
         self.const_factor = _positive("const_factor", const_factor)
         if not self.const_factor > 1:
             raise ParamError("const_factor", f"const_factor must be > 1, not {const_factor!r}")
@@ -113,10 +185,33 @@ class LBFGS(Attack):
         self.const_rtol = _positive("const_rtol", const_rtol)
         self.max_iter = _count("max_iter", max_iter, 1)
         self.history = _count("history", history, 1)
-        self.gtol = _positive("gtol", gtol)
-        self.ftol = _positive("ftol", ftol)
+        self.grad_rtol = _positive("grad_rtol", grad_rtol)
+        self.progress_rtol = _positive("progress_rtol", progress_rtol)
         self.refine_steps = _count("refine_steps", refine_steps, 0)
         self.polish_steps = _count("polish_steps", polish_steps, 0)
+        for name, value, instead in (("gtol", gtol, "grad_rtol"),
+                                     ("ftol", ftol, "progress_rtol")):
+            if value is not None:
+                _positive(name, value)
+                warnings.warn(f"lbfgs: {name} is deprecated (its stopping rule depends on the "
+                              f"model's scale); write {instead} instead", FutureWarning,
+                              stacklevel=2)
+        self.gtol = gtol
+        self.ftol = ftol
+
+    # ------------------------------------------------------------------ batching
+    def auto_batch_size(self, model: Model) -> int:
+        """Images per batch for ``batch_size: auto`` (see the class docstring)."""
+        size = math.prod(model.input_shape) or 1
+        return max(1, min(AUTO_BATCH_MAX, AUTO_BATCH_VALUES // size))
+
+    def __call__(self, model: Model, x: torch.Tensor, y: torch.Tensor,
+                 ctx: Context | None = None) -> AttackResult:
+        if self.batch_size != "auto":
+            return super().__call__(model, x, y, ctx)
+        sized = copy.copy(self)
+        sized.batch_size = self.auto_batch_size(model)
+        return Attack.__call__(sized, model, x, y, ctx)
 
     # ------------------------------------------------------------------ helpers
     def _loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -134,77 +229,143 @@ class LBFGS(Attack):
         best_other = logits.scatter(1, label[:, None], float("-inf")).amax(1)
         return own - best_other if self.targeted else best_other - own
 
+    def _tie_drop(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """How much the loss drops from ``logits`` to the nearest tie: the target's logit
+        raised to the best other one (untargeted: the best other one raised to the true
+        one's), the rest unchanged."""
+        own = logits.gather(1, label[:, None])
+        others = logits.scatter(1, label[:, None], float("-inf"))
+        if self.targeted:
+            tied = logits.scatter(1, label[:, None], others.amax(1, keepdim=True))
+        else:
+            tied = others.scatter(1, others.argmax(1, keepdim=True), own)
+            tied = tied.scatter(1, label[:, None], own)
+        return self._loss(logits, label) - self._loss(tied, label)
+
+    def _threshold(self, logits: torch.Tensor) -> torch.Tensor:
+        """The margin a kept point must exceed: round-off room relative to the logits."""
+        return SAFE_MARGIN * (1.0 + logits.detach().abs().amax(1))
+
     def _safe(self, logits: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
         """Success with a little room: a margin above round-off (relative to the logits'
         size), so that a point kept close to the boundary stays a success when the model is
         evaluated on it again in another batch."""
-        return margin > SAFE_MARGIN * (1.0 + logits.detach().abs().amax(1))
+        return margin > self._threshold(logits)
 
-    def _reaches(self, model: Model, z: torch.Tensor, label: torch.Tensor,
-                 shape: torch.Size) -> torch.Tensor:
-        """Whether the flat points ``z`` are (safe) successes; a forward pass."""
+    def _probe(self, model: Model, z: torch.Tensor, label: torch.Tensor,
+               shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Margins and their safety thresholds at the flat points ``z``; a forward pass."""
         with torch.no_grad():
             logits = model(z.view(-1, *shape))
-            return self._safe(logits, self._margin(logits, label))
+            return self._margin(logits, label), self._threshold(logits)
 
-    def _shorten(self, model: Model, x0: torch.Tensor, r: torch.Tensor, label: torch.Tensor,
-                 shape: torch.Size, steps: int) -> torch.Tensor:
-        """Bisection on alpha in [0, 1] for the shortest successful ``alpha * r`` (``r``
-        itself a success): ``steps`` forward passes."""
-        lo = torch.zeros(len(r), dtype=r.dtype, device=r.device)
-        hi = torch.ones_like(lo)
+    def _boundary(self, model: Model, base: torch.Tensor, p: torch.Tensor,
+                  label: torch.Tensor, shape: torch.Size, a_lo: torch.Tensor,
+                  g_lo: torch.Tensor, a_hi: torch.Tensor, g_hi: torch.Tensor, steps: int,
+                  count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the lines ``base + a p`` cross into the goal: ``g = margin - threshold`` is
+        <= 0 at ``a_lo`` and > 0 at ``a_hi``; at most ``steps`` forward passes of regula falsi
+        (Illinois) shrink each bracket, rows stopping once it is narrower than ``ROOT_RTOL``
+        (relative to ``|a_hi|``, or absolute below 1). Returns the success end ``a_hi`` and its
+        ``g``; ``count`` (per row) is raised by the passes."""
+        side = torch.zeros_like(a_lo)      # +1 / -1: which end the last cut replaced
         for _ in range(steps):
-            mid = 0.5 * (lo + hi)
-            hit = self._reaches(model, x0 + mid[:, None] * r, label, shape)
-            hi = torch.where(hit, mid, hi)
-            lo = torch.where(hit, lo, mid)
-        return hi[:, None] * r
+            todo = (a_hi - a_lo).abs() > ROOT_RTOL * a_hi.abs().clamp_min(1.0)
+            ti = todo.nonzero().squeeze(1)
+            if ti.numel() == 0:
+                break
+            lo, hi = a_lo.index_select(0, ti), a_hi.index_select(0, ti)
+            glo, ghi = g_lo.index_select(0, ti), g_hi.index_select(0, ti)
+            frac = (glo / (glo - ghi).clamp(max=-1e-30)).clamp(0.02, 0.98)
+            a = lo + frac * (hi - lo)
+            m, thr = self._probe(model, torch.addcmul(base.index_select(0, ti), a[:, None],
+                                                      p.index_select(0, ti)),
+                                 label.index_select(0, ti), shape)
+            count.index_add_(0, ti, torch.ones_like(ti))
+            g = m - thr
+            hit = g > 0
+            s = side.index_select(0, ti)
+            # Illinois: an end kept twice in a row has its value halved
+            g_lo_new = torch.where(hit, torch.where(s > 0, glo * 0.5, glo), g)
+            g_hi_new = torch.where(hit, g, torch.where(s < 0, ghi * 0.5, ghi))
+            a_lo = a_lo.index_copy(0, ti, torch.where(hit, lo, a))
+            a_hi = a_hi.index_copy(0, ti, torch.where(hit, a, hi))
+            g_lo = g_lo.index_copy(0, ti, g_lo_new)
+            g_hi = g_hi.index_copy(0, ti, g_hi_new)
+            side = side.index_copy(0, ti, torch.where(hit, 1.0, -1.0).to(side.dtype))
+        return a_hi, g_hi
 
-    def _polish(self, model: Model, x0: torch.Tensor, r: torch.Tensor, label: torch.Tensor,
-                shape: torch.Size) -> torch.Tensor:
-        """One step along the decision boundary from the successful ``x0 + r``: linearize
-        the margin there (one gradient), take the smallest perturbation in the box that
-        reaches the linearized boundary, then the first success on the segment from it back
-        to ``r`` (bisection) and shorten that; keep it where it is shorter than ``r``."""
-        z = (x0 + r).requires_grad_(True)
+    @staticmethod
+    def _tangent_point(n: torch.Tensor, beta: torch.Tensor, lo: torch.Tensor,
+                       hi: torch.Tensor) -> torch.Tensor:
+        """Per row, the smallest ``q`` with ``n.q >= beta`` and ``lo <= q <= hi`` (``lo <= 0 <=
+        hi``), up to ``TANGENT_RTOL``: ``q = clamp(lam n, lo, hi)`` with the least ``lam >= 0``
+        that reaches ``beta``. ``phi(lam) = n.clamp(lam n, lo, hi)`` is concave and piecewise
+        linear (each pixel grows as ``lam n_j^2`` until it saturates), so Newton's method from
+        ``lam = 0`` climbs to the root from below, exactly on the last linear piece. Where
+        even full saturation falls short, ``q`` is the saturated point."""
+        n2 = n * n
+        lam = torch.zeros_like(beta)
+        q = torch.zeros_like(n)
+        for _ in range(TANGENT_STEPS):
+            ln = lam[:, None] * n
+            torch.clamp(ln, lo, hi, out=q)
+            phi = _dot(n, q)
+            short = phi < beta * (1 - TANGENT_RTOL)
+            if not bool(short.any()):
+                break
+            slope = _dot(n2, (q == ln).to(n.dtype))
+            lam = torch.where(short, lam + (beta - phi) / slope.clamp_min(1e-30), lam)
+            lam = torch.where(short & ~(slope > 0), torch.inf, lam)
+        full = torch.isinf(lam)
+        if bool(full.any()):
+            q = torch.where(full[:, None], torch.where(n > 0, hi, torch.where(n < 0, lo, 0.0)),
+                            q)
+        return q
+
+    def _polish(self, model: Model, x0: torch.Tensor, r: torch.Tensor, g_r: torch.Tensor,
+                label: torch.Tensor, shape: torch.Size, g0: torch.Tensor,
+                grads: torch.Tensor, forwards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step along the decision boundary from the successful ``x0 + r`` (its ``g =
+        margin - threshold`` is ``g_r``; ``g0`` that of the clean image): linearize the margin
+        a little further along the ray, at ``x0 + (1 + POLISH_INSIDE) r`` (one gradient),
+        take the smallest ``q`` in the box on the linearized boundary, find where the segment
+        from ``q`` to that point (or to ``r``, where it is no success) enters the goal and
+        move that point along its ray from ``x0`` back to the boundary; keep it where it is
+        shorter than ``r``. Returns the new ``r`` and its ``g``."""
+        # linearize a little inside the goal, along the ray (the step then reaches further)
+        inner = torch.clamp(x0 + (1 + POLISH_INSIDE) * r, 0.0, 1.0)
+        z = inner.requires_grad_(True)
         with torch.enable_grad():
             logits = model(z.view(-1, *shape))
             margin = self._margin(logits, label)
             n, = torch.autograd.grad(margin.sum(), z)
-        margin = margin.detach()
-        lo_box, hi_box = -x0, 1.0 - x0
-        # min ||q|| s.t. n.q >= n.r - margin, x0 + q in the box: q = clip(lam * n), with the
-        # smallest lam >= 0 reaching the bound (n.clip(lam * n) grows with lam)
-        beta = (n * r).sum(1) - margin
-        nn2 = (n * n).sum(1).clamp_min(1e-30)
-        lam_hi = (beta / nn2).clamp(1e-12, 1e30)
-        lam_lo = torch.zeros_like(lam_hi)
-        for _ in range(40):
-            short = (n * torch.clamp(lam_hi[:, None] * n, lo_box, hi_box)).sum(1) < beta
-            if not bool(short.any()):
-                break
-            lam_lo = torch.where(short, lam_hi, lam_lo)
-            lam_hi = torch.where(short, (2 * lam_hi).clamp(max=1e30), lam_hi)
-        for _ in range(30):
-            mid = 0.5 * (lam_lo + lam_hi)
-            ok = (n * torch.clamp(mid[:, None] * n, lo_box, hi_box)).sum(1) >= beta
-            lam_hi = torch.where(ok, mid, lam_hi)
-            lam_lo = torch.where(ok, lam_lo, mid)
-        q = torch.clamp(lam_hi[:, None] * n, lo_box, hi_box)
-        # first success on the segment q -> r (r a success), then shorten
-        t_lo = torch.zeros_like(lam_hi, dtype=r.dtype)
-        t_hi = torch.ones_like(t_lo)
-        at_q = self._reaches(model, x0 + q, label, shape)
-        t_hi = torch.where(at_q, 0.0, t_hi)
-        for _ in range(POLISH_SEGMENT_STEPS):
-            mid = 0.5 * (t_lo + t_hi)
-            hit = self._reaches(model, x0 + (q + mid[:, None] * (r - q)), label, shape)
-            t_hi = torch.where(hit, mid, t_hi)
-            t_lo = torch.where(hit, t_lo, mid)
-        cand = q + t_hi[:, None] * (r - q)
-        cand = self._shorten(model, x0, cand, label, shape, POLISH_SEGMENT_STEPS)
-        better = (cand * cand).sum(1) < (r * r).sum(1)
-        return torch.where(better[:, None], cand, r)
+        grads += 1
+        margin, thr = margin.detach(), self._threshold(logits)
+        inner = inner.detach_().sub_(x0)
+        g_in = margin - thr
+        inside = g_in > 0
+        inner = torch.where(inside[:, None], inner, r)
+        g_in = torch.where(inside, g_in, g_r)
+        # the linearized margin reaches thr where n.q >= n.inner - margin + thr
+        q = self._tangent_point(n, _dot(n, inner) - g_in, -x0, 1.0 - x0)
+        mq, tq = self._probe(model, x0 + q, label, shape)
+        forwards += 1
+        gq = mq - tq
+        zero, one = torch.zeros_like(gq), torch.ones_like(gq)
+        # the first success on the segment q -> inner, unless q itself is one
+        t, g_c = self._boundary(model, x0 + q, inner - q, label, shape, zero, gq, one, g_in,
+                                POLISH_SEARCH_STEPS, forwards)
+        t = torch.where(gq > 0, zero, t)
+        g_c = torch.where(gq > 0, gq, g_c)
+        cand = torch.lerp(q, inner, t[:, None])
+        # back to the boundary along the candidate's ray
+        a, g_c = self._boundary(model, x0, cand, label, shape, zero, g0, one, g_c,
+                                POLISH_SEARCH_STEPS, forwards)
+        cand = a[:, None] * cand
+        # kept where it is a success (every end of a search is) and shorter than r
+        better = (g_c > 0) & (_dot(cand, cand) < _dot(r, r))
+        return torch.where(better[:, None], cand, r), torch.where(better, g_c, g_r)
 
     # ------------------------------------------------------------------ the attack
     def run(self, model: Model, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> AttackResult:
@@ -218,50 +379,89 @@ class LBFGS(Attack):
         if not x0.is_floating_point():
             x0 = x0.float()
         with torch.no_grad():
-            logits0 = model(x.detach())
+            logits0 = model(x0.view(B, *shape))
         if self.targeted:
             gen = ctx.generator(self.name or "lbfgs", "target", tuple(y.tolist())) \
                 if self.target == "random" else None
             label = choose_targets(self.target, y, logits0, model.num_classes, gen)
         else:
             label = y
-        already = self._margin(logits0, label) > 0
+        margin0 = self._margin(logits0, label)
+        already = margin0 > 0
+        drop = self._tie_drop(logits0, label).double()
 
-        c = torch.full((B,), float(self.initial_const), dtype=torch.float64, device=dev)
+        auto = self.initial_const == "auto"
+        c = torch.full((B,), 0.0 if auto else float(self.initial_const), dtype=torch.float64,
+                       device=dev)
         c_ok = torch.zeros_like(c)                      # largest c whose minimizer succeeded
         c_bad = torch.full_like(c, math.inf)            # smallest c whose minimizer failed
         m_ok = torch.zeros_like(c)                      # margins of those two minimizers
         m_bad = torch.zeros_like(c)
         n_const = torch.zeros(B, dtype=torch.long, device=dev)
         iters = torch.zeros(B, dtype=torch.long, device=dev)
-        best_d2 = torch.full((B,), math.inf, dtype=torch.float32, device=dev)
+        last_status = torch.zeros(B, dtype=torch.long, device=dev)
+        not_finite = torch.zeros(B, dtype=torch.bool, device=dev)
+        no_grad = torch.zeros(B, dtype=torch.bool, device=dev)
+        best_d2 = torch.full((B,), math.inf, dtype=x0.dtype, device=dev)
+        best_m = torch.zeros_like(best_d2)              # margin - threshold at the best point
         best_x = x0.clone()
 
         def objective(z: torch.Tensor, idx: torch.Tensor):
-            r = z - x0.index_select(0, idx)
-            d2 = (r * r).sum(1)
+            whole = len(idx) == B
+            lab = label if whole else label.index_select(0, idx)
             logits = model(z.view(-1, *shape))
-            lab = label.index_select(0, idx)
-            f = c.index_select(0, idx).to(z.dtype) * d2 + self._loss(logits, lab)
-            margin = self._margin(logits.detach(), lab)
-            # every point seen is a candidate: keep the closest successful one
-            d2 = d2.detach()
-            old = best_d2.index_select(0, idx)
-            better = self._safe(logits, margin) & (d2 < old)
-            best_d2.index_copy_(0, idx, torch.where(better, d2, old))
-            best_x.index_copy_(0, idx, torch.where(better[:, None], z.detach(),
-                                                   best_x.index_select(0, idx)))
-            return f, None, margin
+            loss = self._loss(logits, lab)
+            gl, = torch.autograd.grad(loss.sum(), z)
+            with torch.no_grad():
+                logits = logits.detach()
+                r = z.detach() - (x0 if whole else x0.index_select(0, idx))
+                d2 = _dot(r, r)
+                ci = (c if whole else c.index_select(0, idx)).to(z.dtype)
+                f = ci * d2 + loss.detach()
+                g = torch.addcmul(gl, r, (2 * ci)[:, None])
+                not_finite.index_fill_(0, idx[~torch.isfinite(f)], True)   # (for the report)
+                margin = self._margin(logits, lab)
+                room = margin - self._threshold(logits)
+                # every point seen is a candidate: keep the closest successful one
+                better = (room > 0) & (d2 < (best_d2 if whole else best_d2.index_select(0, idx)))
+                if bool(better.any()):
+                    bi = better.nonzero().squeeze(1)
+                    rows = idx.index_select(0, bi)
+                    best_d2.index_copy_(0, rows, d2.index_select(0, bi))
+                    best_m.index_copy_(0, rows, room.index_select(0, bi))
+                    best_x.index_copy_(0, rows, z.detach().index_select(0, bi))
+            return f, g, margin
+
+        def new_const(z: torch.Tensor, idx: torch.Tensor, dc: torch.Tensor):
+            """The objective's change at ``z`` when c moves by ``dc``."""
+            r = z - x0.index_select(0, idx)
+            dci = dc.index_select(0, idx).to(z.dtype)
+            return dci * _dot(r, r), r * (2 * dci)[:, None]
 
         opt = BoxLBFGS(objective, x0, 0.0, 1.0, m=self.history, max_iter=self.max_iter,
-                       gtol=self.gtol, ftol=self.ftol, start=False)
+                       gtol=self.gtol or 0.0, ftol=self.ftol or 0.0, gtol_rel=self.grad_rtol,
+                       progress_tol=self.progress_rtol, start=False, keep=False)
         opt.restart(~already)
         log_grow = math.log(self.const_factor)
+        first = True
+        c_first = torch.zeros_like(c)
         while opt.any_running():
             stopped = opt.step()
+            if first:
+                # the rows were evaluated at the images, where r = 0: the value and gradient
+                # there do not depend on c, which can be chosen now
+                first = False
+                gref = opt.gref.double()
+                no_grad = ~already & ~(gref > 0) & ~not_finite
+                if auto:
+                    c = (gref * gref / (2 * drop.clamp_min(1e-12))).clamp(1e-30, 1e30)
+                    c = torch.where(torch.isfinite(c), c, 1.0)
+                c_first = torch.where(already, 0.0, c)
             if not bool(stopped.any()):
                 continue
             margin = opt.aux.double()
+            status = opt.status
+            last_status = torch.where(stopped, status, last_status)
             ok = stopped & (margin > 0)
             bad = stopped & ~(margin > 0)
             iters += torch.where(stopped, opt.iters, 0)
@@ -277,31 +477,93 @@ class LBFGS(Attack):
                 bracket, (log_ok + frac * (log_bad - log_ok)).exp(),
                 torch.where(c_ok > 0, c * math.exp(log_grow), c * math.exp(-log_grow)))
             narrow = bracket & (c_bad <= c_ok * (1 + self.const_rtol))
-            go_on = stopped & ~narrow & (n_const < self.search_steps)
-            c = torch.where(go_on, c_next, c)
+            # no use trying other values of c where the objective cannot be evaluated at the
+            # start, or has no gradient there
+            hopeless = no_grad | (status == NOT_FINITE)
+            go_on = stopped & ~narrow & ~hopeless & (n_const < self.search_steps)
             if bool(go_on.any()):
-                opt.restart(go_on)
+                dc = torch.where(go_on, c_next - c, 0.0)
+                c = torch.where(go_on, c_next, c)
+                opt.restart(go_on, shift=lambda z, idx, dc=dc: new_const(z, idx, dc),
+                            curvature=2 * dc)
 
         success = torch.isfinite(best_d2)
-        r = best_x - x0
         grads = opt.nfev.clone()
+        del opt, objective                  # the optimizer's memory, before the refinements
+        r = best_x.sub_(x0)
         forward = torch.ones(B, dtype=torch.long, device=dev)
         todo = success.nonzero().squeeze(1)
         if todo.numel() and (self.refine_steps or self.polish_steps):
-            xs, rs = x0.index_select(0, todo), r.index_select(0, todo)
+            every = todo.numel() == B
+            xs = x0 if every else x0.index_select(0, todo)
+            rs = r if every else r.index_select(0, todo)
             lab = label.index_select(0, todo)
-            rs = self._shorten(model, xs, rs, lab, shape, self.refine_steps)
+            m0 = margin0.index_select(0, todo).to(x0.dtype)
+            fw = torch.zeros_like(todo)
+            gr = torch.zeros_like(todo)
+            g0 = m0 - self._threshold(logits0).index_select(0, todo)
+            g_r = best_m.index_select(0, todo)
+            # polish from the point found (inside the goal: the linearized boundary lies
+            # further in, and the steps are longer than from the boundary itself), then
+            # shorten what was kept
             for _ in range(self.polish_steps):
-                rs = self._polish(model, xs, rs, lab, shape)
-            r.index_copy_(0, todo, rs)
-            forward.index_add_(0, todo, torch.full_like(
-                todo, self.refine_steps + self.polish_steps * (1 + 2 * POLISH_SEGMENT_STEPS)))
-            grads.index_add_(0, todo, torch.full_like(todo, self.polish_steps))
+                rs, g_r = self._polish(model, xs, rs, g_r, lab, shape, g0, gr, fw)
+            if self.refine_steps:
+                a, g_r = self._boundary(model, xs, rs, lab, shape, torch.zeros_like(m0), g0,
+                                        torch.ones_like(m0), g_r, self.refine_steps, fw)
+                rs = a[:, None] * rs
+            r = rs if every else r.index_copy_(0, todo, rs)
+            forward.index_add_(0, todo, fw)
+            grads.index_add_(0, todo, gr)
         x_adv = (x0 + r).clamp_(0.0, 1.0)
         x_adv = torch.where(already[:, None], x0, x_adv)
         success = success | already
+        # where no success came from a search that could run, check that the gradients
+        # describe the loss at the image (else no value of c can help)
+        misled = ~success & ~already & ~no_grad & ~not_finite
+        if bool(misled.any()):
+            mi = misled.nonzero().squeeze(1)
+            agrees = self._gradient_agrees(model, x0.index_select(0, mi),
+                                           label.index_select(0, mi), shape,
+                                           drop.index_select(0, mi))
+            misled = misled.index_fill(0, mi[agrees], False)
+            forward.index_add_(0, mi, torch.ones_like(mi))
+            grads.index_add_(0, mi, torch.ones_like(mi))
+        failure = self._failures(success, no_grad, not_finite, misled, last_status)
         return AttackResult(
             x_adv=x_adv.view_as(x).to(x.dtype), success=success,
             target=label if self.targeted else None, already=already,
-            grad_evals=grads, forward_evals=forward,
-            info={"const": c_ok.float(), "iterations": iters, "const_steps": n_const})
+            grad_evals=grads, forward_evals=forward, failure=failure,
+            info={"const": c_ok.float(), "initial_const": c_first.float(),
+                  "iterations": iters, "const_steps": n_const})
+
+    def _gradient_agrees(self, model: Model, x0: torch.Tensor, label: torch.Tensor,
+                         shape: torch.Size, drop: torch.Tensor) -> torch.Tensor:
+        """Per image, whether a step along the loss's negative gradient (on the free pixels)
+        lowers the loss as the gradient predicts: a step a tenth of the way to the linearized
+        tie, which should lower the loss by about a tenth of ``drop``; one gradient and one
+        forward pass."""
+        z = x0.clone().requires_grad_(True)
+        with torch.enable_grad():
+            loss = self._loss(model(z.view(-1, *shape)), label)
+            g, = torch.autograd.grad(loss.sum(), z)
+        v = torch.where(torch.clamp(x0 - g, 0.0, 1.0) != x0, g, 0.0)
+        vn = torch.linalg.vector_norm(v, dim=1).clamp_min(1e-30)
+        step = (0.1 * drop.to(vn.dtype) / vn)[:, None]
+        with torch.no_grad():
+            after = self._loss(model(torch.clamp(x0 - step * v / vn[:, None], 0.0, 1.0)
+                                     .view(-1, *shape)), label)
+        return (after - loss.detach()) <= -0.025 * drop.to(after.dtype)
+
+    @staticmethod
+    def _failures(success: torch.Tensor, no_grad: torch.Tensor, not_finite: torch.Tensor,
+                  misled: torch.Tensor, last_status: torch.Tensor) -> list[str]:
+        """Per image, why it failed ("" where it succeeded); see ``failure_advice``."""
+        codes = torch.full_like(last_status, 4)
+        codes = torch.where(last_status == MAX_ITER, 3, codes)
+        codes = torch.where(misled, 2, codes)
+        codes = torch.where(not_finite, 1, codes)
+        codes = torch.where(no_grad, 0, codes)
+        codes = torch.where(success, 5, codes)
+        names = ["no-gradient", "non-finite", "bad-gradient", "budget", "c-search", ""]
+        return [names[i] for i in codes.tolist()]
