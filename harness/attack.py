@@ -149,6 +149,18 @@ class Attack(Plugin):
     failure_advice: ClassVar[dict[str, str]] = {}
     #: the batch size that fitted in the device's memory, once a batch had to be halved
     effective_batch_size: int | None = None
+    #: whether the attack looks for the smallest perturbation reaching its goal (L-BFGS, DDN,
+    #: CW...): its per-image distortions then give robust accuracy at every epsilon, and the
+    #: report draws robustness curves
+    minimum_norm: ClassVar[bool] = False
+
+    def batch_size_for(self, input_shape: tuple[int, ...]) -> int | None:
+        """Images per batch for inputs of ``input_shape`` (None: all at once). The default is
+        the ``batch_size`` parameter where the attack has one; an attack whose batch depends on
+        the input's size (``batch_size: auto``) overrides this."""
+        size = getattr(self, "batch_size", None)
+        return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 \
+            else None
 
     @property
     def stays_in_box(self) -> bool:
@@ -187,7 +199,7 @@ class Attack(Plugin):
         y = y.to(model.device)
         if x.numel() and (x.min() < -BOX_TOL or x.max() > 1 + BOX_TOL):
             raise ValueError("attack inputs must lie in [0, 1]")
-        bs = self.effective_batch_size or getattr(self, "batch_size", None) or len(x) or 1
+        bs = self.effective_batch_size or self.batch_size_for(model.input_shape) or len(x) or 1
         parts = []
         with ctx.progress(f"{self.name or type(self).__name__} on {model.name or 'model'}",
                           len(x), "img") as bar:

@@ -399,7 +399,10 @@ def summarize(plan: "Plan", case: "Case", store: Any, done: dict[str, ChunkRecor
     rows: list[ResultRow] = []
     if records:
         try:
-            rows = case.test.aggregate(case, store.ledger(case.order), records, plan.seed)
+            ledger = store.ledger(case.order)
+            rows = case.test.aggregate(case, ledger, records, plan.seed)
+            outcome.notes += [n for n in case.test.case_notes(case, ledger)
+                              if n not in outcome.notes]
         except KeyboardInterrupt:
             raise
         except Exception as exc:

@@ -331,8 +331,15 @@ def test_failures_say_why_on_cases_built_to_fail_each_way(model, data):
     lit[:4, 0, 0, 0] = 1.0
     nan_model = _wrapped(model, lambda z: torch.where(
         z.flatten(1)[:, :1] > 0.5, float("nan"), model(z)), "nan-corner")
-    res = LBFGS()(nan_model, lit, y)
-    check(res, "non-finite", torch.arange(12) < 4)
+    # the attack marks those images (run alone)...
+    from harness import Context
+    from harness.errors import ModelError
+
+    res = LBFGS().run(nan_model, lit, y, Context())
+    assert [f == "non-finite" for f in res.failure] == (torch.arange(12) < 4).tolist()
+    # ...and the harness fails the case: NaN logits anywhere in an attack are the model's fault
+    with pytest.raises(ModelError, match="NaN or infinite logits during the attack"):
+        LBFGS()(nan_model, lit, y)
     # no gradient at all
     flat = _wrapped(model, lambda z: model(z.detach() + 0 * z), "no-gradient")
     check(LBFGS()(flat, x, y), "no-gradient", everything)

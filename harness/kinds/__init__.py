@@ -93,9 +93,9 @@ class TestKind:
         if given:
             return int(given)
         pixels = math.prod(data.input_shape) if len(data) else 1
-        return max(1, min(self.batch_size(), CHUNK_BYTES // (4 * max(pixels, 1))))
+        return max(1, min(self.batch_size(data), CHUNK_BYTES // (4 * max(pixels, 1))))
 
-    def batch_size(self) -> int:
+    def batch_size(self, data: "DataSource") -> int:
         from ..plan import DEFAULT_CHUNK
 
         return DEFAULT_CHUNK
@@ -112,6 +112,10 @@ class TestKind:
 
     def run_chunk(self, env: Env, case: "Case", chunk: "Chunk") -> ChunkOutput:
         raise NotImplementedError
+
+    def case_notes(self, case: "Case", ledger: "pd.DataFrame") -> list[str]:
+        """Sentences about a case read from its ledger (why an attack fell short...)."""
+        return []
 
     def figures(self, ledger: "pd.DataFrame", rows: list[ResultRow]) -> dict[str, bytes]:
         """Figures of the whole test drawn from its ledger rows and result rows (file name

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..attack import Attack
+    from ..data import DataSource
     from ..plan import Case, Chunk, Plan
     from ..suite import TestConfig
 
@@ -59,11 +60,12 @@ class EvaluationTest(TestKind):
                 return type(variant).distortion_over
         return "success"
 
-    def batch_size(self) -> int:
+    def batch_size(self, data: "DataSource") -> int:
         from ..plan import DEFAULT_CHUNK
 
-        sizes = [getattr(a, "batch_size", None) for a in self.attacks]
-        sizes = [s for s in sizes if isinstance(s, int) and s > 0]
+        shape = tuple(data.input_shape) if len(data) else (1,)
+        sizes = [a.batch_size_for(shape) for a in self.attacks]
+        sizes = [s for s in sizes if s]
         return max(sizes) if sizes else DEFAULT_CHUNK
 
     def settings(self) -> list[str]:
@@ -151,6 +153,14 @@ class EvaluationTest(TestKind):
         return {f"figures/{self.name}/{mid}/examples{suffix}.png": png}
 
     # ------------------------------------------------------------------ summarizing
+
+    def case_notes(self, case: "Case", ledger: "pd.DataFrame") -> list[str]:
+        """Where an attack's success rate is below 100%: how many images failed, why (the
+        attack's failure codes) and what to change (its advice)."""
+        return [note for label, variant in self.variants
+                if type(variant).distortion_over == "success"
+                for note in [failure_note(self.name, case.model, label, variant,
+                                          ledger[ledger["setting"] == label])] if note]
 
     def figures(self, ledger: "pd.DataFrame", rows: list[ResultRow]) -> dict[str, bytes]:
         from ..report import plots
@@ -264,3 +274,26 @@ def _worst_case(results: list[tuple[str, Any, Any]]) -> dict[str, Any]:
     out["success"] = np.any([c["success"] for c in cols], axis=0)
     out["already"] = np.any([c["already"] for c in cols], axis=0)
     return out
+
+
+def failure_note(test: str, model: str, setting: str, attack: Any,
+                 rows: "pd.DataFrame") -> str | None:
+    """One sentence on the images an attack did not bring to its goal, by cause, with the
+    attack's advice for each (None when every image succeeded)."""
+    if rows.empty:
+        return None
+    failed = rows[~rows["success"]]
+    if failed.empty:
+        return None
+    n, k = len(rows), len(failed)
+    where = f"{attack.name} on {model}" + (f" ({setting})" if setting else "")
+    counts = failed["failure"].replace("", "unknown").value_counts()
+    parts = []
+    for code, count in counts.items():
+        advice = type(attack).failure_advice.get(code)
+        if code == "unknown":
+            parts.append(f"{count} without a reason given by the attack")
+        else:
+            parts.append(f"{count} {code}" + (f" ({advice})" if advice else ""))
+    return (f"{where}: success {100 * (n - k) / n:.3g}%, {k} of {n} images did not reach "
+            f"the goal: " + "; ".join(parts))

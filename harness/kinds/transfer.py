@@ -55,11 +55,11 @@ class TransferTest(TestKind):
         feeds = len(self.targets) * (1 + len(self.amplify)) * 0.05
         return feeds if mid == BASELINE else 1.0 + feeds
 
-    def batch_size(self) -> int:
+    def batch_size(self, data: "DataSource") -> int:
         from ..plan import DEFAULT_CHUNK
 
-        size = getattr(self.attack, "batch_size", None)
-        return size if isinstance(size, int) and size > 0 else DEFAULT_CHUNK
+        shape = tuple(data.input_shape) if len(data) else (1,)
+        return self.attack.batch_size_for(shape) or DEFAULT_CHUNK
 
     def settings(self) -> list[str]:
         out = []

@@ -121,6 +121,7 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         for group_metrics, group_keys in _metric_groups(test.name, keys, metrics, lookup):
             rows = [[mid] + ([param] if with_param else [])
                     + [lookup.cell((test.name, mid, m, param), metric_format(m), interval=True)
+                       + _short(lookup.get((test.name, mid, m, param)), m)
                        for m in group_metrics] for mid, param in group_keys]
             parts.append((["model"] + (["setting"] if with_param else []) + group_metrics, rows))
         headers, rows = parts[0] if parts else (["model"] + metrics, [])
@@ -164,6 +165,13 @@ def build_tables(store: RunStore) -> tuple[dict[str, Any], list[Table]]:
         tables.append(Table("Errors", ["test", "model", "error"],
                             [[c["test"], c["model"], c.get("error") or ""] for c in failed_cases]))
     return summary, tables
+
+
+def _short(value: Any, metric: str) -> str:
+    """A mark beside a success rate below 100%: the notes under the table say why."""
+    if metric == "success_rate" and value is not None and value == value and value < 1:
+        return " (*)"
+    return ""
 
 
 def _values(value: Any) -> str:

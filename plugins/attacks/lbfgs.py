@@ -3,7 +3,6 @@ search over c per image (Szegedy et al. 2013, Section 4.1)."""
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from typing import ClassVar
@@ -147,6 +146,8 @@ class LBFGS(Attack):
     prediction and the refinements).
     """
 
+    minimum_norm = True
+
     failure_advice: ClassVar[dict[str, str]] = {
         "budget": "the L-BFGS iteration limit per value of c stopped the last solve before "
                   "it converged; raise max_iter",
@@ -202,16 +203,13 @@ class LBFGS(Attack):
     # ------------------------------------------------------------------ batching
     def auto_batch_size(self, model: Model) -> int:
         """Images per batch for ``batch_size: auto`` (see the class docstring)."""
-        size = math.prod(model.input_shape) or 1
-        return max(1, min(AUTO_BATCH_MAX, AUTO_BATCH_VALUES // size))
+        return self.batch_size_for(model.input_shape)
 
-    def __call__(self, model: Model, x: torch.Tensor, y: torch.Tensor,
-                 ctx: Context | None = None) -> AttackResult:
+    def batch_size_for(self, input_shape: tuple[int, ...]) -> int:
         if self.batch_size != "auto":
-            return super().__call__(model, x, y, ctx)
-        sized = copy.copy(self)
-        sized.batch_size = self.auto_batch_size(model)
-        return Attack.__call__(sized, model, x, y, ctx)
+            return int(self.batch_size)
+        size = math.prod(input_shape) or 1
+        return max(1, min(AUTO_BATCH_MAX, AUTO_BATCH_VALUES // size))
 
     # ------------------------------------------------------------------ helpers
     def _loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
