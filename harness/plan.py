@@ -96,8 +96,8 @@ class Plan:
         per-image values."""
         for i, gate in enumerate(self.suite.gates):
             test = self.test(gate.test)
-            if gate.param is not None:
-                labels = test.settings()
+            labels = test.settings()
+            if gate.param is not None and labels is not None:
                 if gate.param not in labels:
                     shown = ", ".join(label for label in labels if label) or "none"
                     raise self.suite.error(("gates", i, "param"),

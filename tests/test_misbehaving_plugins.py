@@ -284,4 +284,4 @@ tests:
     assert row["value"] != row["value"] and row["n"] == 0  # NaN over no images
     code, out, _ = run_cli(["report", tmp_path / "run"], capsys)
     line = next(ln for ln in out.splitlines() if ln.startswith("near"))
-    assert line.split() == ["near", "0%", "[0,", "13.8]", "n=0"] and "nan" not in out.lower()
+    assert line.split() == ["near", "0%", "[0,", "13.8]", "(*)", "n=0"] and "nan" not in out.lower()

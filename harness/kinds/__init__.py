@@ -100,8 +100,9 @@ class TestKind:
 
         return DEFAULT_CHUNK
 
-    def settings(self) -> list[str]:
-        """The ``param`` values of the test's results (gates may name them)."""
+    def settings(self) -> list[str] | None:
+        """The ``param`` values of the test's results (gates may name them); None when they
+        are known only once the test ran."""
         return [""]
 
     def metric_names(self) -> list[str]:

@@ -32,8 +32,8 @@ class AnalysisTest(TestKind):
     def cost_per_image(self, mid: str) -> float:
         return 2.0
 
-    def settings(self) -> list[str]:
-        return []
+    def settings(self) -> list[str] | None:
+        return None   # an analysis names its settings when it runs
 
     def run_chunk(self, env: Env, case: "Case", chunk: "Chunk") -> ChunkOutput:
         model = env.model(case.model)
