@@ -1,7 +1,10 @@
 """robustness-harness: plugin-based robustness tests for neural networks.
 
-The public API for plugin authors: the hook marker, the base classes and the types they
-exchange. Everything else in the package is the harness's own machinery.
+The public API for plugin authors: the hook marker, the base classes, the parameter
+declarations and the types they exchange (see docs/plugins.md), at plugin-API version
+:data:`__api_version__`. These modules import nothing from the engine (the runner, the
+suite, the store, the reports); everything else in the package is the harness's own
+machinery.
 """
 
 import os as _os
@@ -16,17 +19,25 @@ from .attack import Attack, AttackResult, check_target, choose_targets
 from .base import Plugin
 from .context import Context, resolve_device
 from .data import Batch, Data, DatasetPlugin, DataSource, StreamedData
+from .context import stable_seed
 from .errors import DataError, HarnessError, ModelError, ParamError, PluginError, SuiteError
 from .hookspecs import hookimpl
 from .metric import Evaluation, Metric
 from .model import Model, ModelPlugin
+from .params import DatasetSpec, Field, ModelSpec, Params
 
 __version__ = "0.1.0"
+#: the plugin API this harness provides: a plugin package may require a version with
+#: ``HARNESS_API = "1.0"`` in the module its entry point names (the same major version, and a
+#: minor version at most this one, is compatible); a package that needs a newer one is left
+#: out with one line saying so
+__api_version__ = "1.0"
 
 __all__ = [
     "Analysis", "AnalysisResult", "Attack", "AttackResult", "Batch", "Context", "Data", "DataError",
     "DataSource", "DatasetPlugin", "Evaluation", "StreamedData",
     "HarnessError", "Metric", "Model", "ModelError", "ModelPlugin", "ParamError", "Plugin",
     "PluginError", "SuiteError", "check_target", "choose_targets", "hookimpl",
-    "resolve_device", "__version__",
+    "resolve_device", "__version__", "__api_version__", "Params", "Field", "DatasetSpec",
+    "ModelSpec", "stable_seed",
 ]

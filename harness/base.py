@@ -10,50 +10,134 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from .errors import HarnessError, PluginCrash
+from .params import Params as _Params
 
 if TYPE_CHECKING:
     from .context import Context
 
 
 class Plugin:
-    """Base of model, dataset, attack and metric plugins.
+    """Base of every plugin (models, datasets, attacks, metrics, analyses, reporters).
 
-    A plugin class takes its parameters as keyword-only constructor arguments (the suite's
-    keys), checks them there (raising :class:`harness.ParamError` for a bad value) and keeps
-    each one under an attribute of the same name. Constructors must be cheap: loading data,
-    training or reading weights belongs in ``load``/``run``, so that ``harness validate`` can
-    build every plugin of a suite without running anything.
+    Parameters are declared once, as a nested ``class Params(harness.Params)`` (a pydantic
+    model; see :mod:`harness.params`): ``Plugin.__init__`` checks the keyword arguments it is
+    given (from a suite or from Python) against it, keeps the result (:meth:`params`) and sets
+    each parameter as an attribute (``self.eps``). A plugin written with keyword-only
+    constructor arguments instead (the style before ``Params``) keeps working: its
+    parameters are checked through a model derived from the constructor's signature.
 
-    A parameter whose suite key is a Python keyword (``class``) is written with a trailing
-    underscore in the constructor (``class_``) and kept under that attribute.
+    Constructors must be cheap: loading data, training or reading weights belongs in
+    ``load``/``run``, so that ``harness validate`` can build every plugin of a suite without
+    running anything. A parameter whose suite key is a Python keyword (``class``) is a field
+    (or constructor argument) with a trailing underscore (``class_``).
     """
 
     kind: ClassVar[str] = "plugin"
-    #: the name the plugin was registered under; set by the registry
+    #: the name the plugin was registered under: set on each instance the registry builds
+    #: (unless a parameter is called ``name``); "" for a plugin built directly in Python
     name: ClassVar[str] = ""
+    #: what keys the plugin's random streams (``ctx.generator(self.seed_key, ...)``) and cache
+    #: keys: stable whatever name the class is registered under (default: the class's
+    #: module and name)
+    seed_name: ClassVar[str | None] = None
     #: parameters whose values name code the plugin imports and calls when it runs
     #: (``package.module:callable``, such as the ``torch`` model plugin's ``factory``): listed
     #: by ``harness validate`` and checked against ``--no-code`` / ``HARNESS_ALLOW_FACTORIES``
     #: before anything is imported
     code_params: ClassVar[tuple[str, ...]] = ()
 
+    class Params(_Params):
+        """No parameters."""
+
+    def __init__(self, **values: Any):
+        from .params import BUILDING, validate_params
+
+        model, keys = type(self).params_model()
+        label = BUILDING.get() or f"{self.kind} {type(self).__name__}"
+        checked = validate_params(model, values, label, keys)
+        self._params = checked
+        for field in type(checked).model_fields:
+            setattr(self, field, getattr(checked, field))
+
+    # ------------------------------------------------------------------ parameters
+
+    @classmethod
+    def declares_params(cls) -> bool:
+        """Whether the class declares ``Params`` (else its constructor's signature is used)."""
+        return cls.__init__ is Plugin.__init__ or bool(cls.Params.model_fields)
+
+    @classmethod
+    def params_model(cls) -> tuple[type[_Params], dict[str, str]]:
+        """The parameters model and the map of field names to suite keys where they differ
+        (``class_`` -> ``class``)."""
+        cached = cls.__dict__.get("_params_model")
+        if cached is not None:
+            return cached
+        if cls.declares_params():
+            model = cls.Params
+            keys = {name: info.alias for name, info in model.model_fields.items()
+                    if info.alias and info.alias != name}
+            for name in model.model_fields:
+                if name.endswith("_") and keyword.iskeyword(name[:-1]):
+                    keys.setdefault(name, name[:-1])
+            found = (model, keys)
+        else:
+            from .params import signature_model
+
+            found = signature_model(cls)
+        cls._params_model = found
+        return found
+
     @classmethod
     def parameters(cls) -> dict[str, inspect.Parameter]:
-        """The constructor's keyword parameters, by their suite key (``p.name`` is the
-        constructor's name: ``class_`` for the key ``class``)."""
-        sig = inspect.signature(cls.__init__)
-        return {
-            _suite_key(n): p for n, p in sig.parameters.items()
-            if n != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        }
+        """The parameters, by suite key, as ``inspect.Parameter`` (``p.name`` is the field's or
+        the constructor's name: ``class_`` for the key ``class``)."""
+        model, keys = cls.params_model()
+        out = {}
+        for name, info in model.model_fields.items():
+            default = inspect.Parameter.empty if info.is_required() else info.default
+            out[keys.get(name, name)] = inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                annotation=info.annotation)
+        return out
 
     def params(self) -> dict[str, Any]:
-        """The current value of every constructor parameter, by constructor name."""
+        """Every parameter's value, by field (constructor) name: the checked values."""
+        checked = self.__dict__.get("_params")
+        if checked is not None:
+            return {f: getattr(checked, f) for f in type(checked).model_fields}
+        # the constructor style: the attribute of the same name where the plugin keeps one
+        # (as it may have normalized the value), else the value it was given (a parameter
+        # kept under another name still counts), else the default
+        given = self.__dict__.get("_given") or {}
         out = {}
         for p in self.parameters().values():
             default = None if p.default is inspect.Parameter.empty else p.default
-            out[p.name] = getattr(self, p.name, default)
+            out[p.name] = getattr(self, p.name, given.get(p.name, default))
         return out
+
+    @property
+    def seed_key(self) -> str:
+        """The key of this plugin's random streams and cache keys: :attr:`seed_name`, else
+        the name the class declares, else the name it was registered under, else the class's
+        module and name. Declare ``seed_name`` to keep numbers the same whatever name the
+        class is registered under."""
+        cls = type(self)
+        if cls.seed_name:
+            return cls.seed_name
+        if cls.__dict__.get("name") or getattr(cls, "name", ""):
+            return cls.name
+        entry = self.__dict__.get("_harness_entry")
+        if entry is not None:
+            return entry.name
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    def check_data(self, num_classes: int) -> None:
+        """Check parameters against the data the plugin will see, when its dataset plugin
+        knows how many classes it has without reading it (see
+        :meth:`harness.DatasetPlugin.num_classes_hint`): ``harness validate`` then reports a
+        ``target: 12`` for 10 classes on its line. Raise :class:`harness.ParamError` naming
+        the parameter. The default checks nothing."""
 
     def preflight(self, ctx: "Context") -> None:
         """Cheap checks of the files this plugin will read (that they exist, that they match
@@ -75,14 +159,18 @@ class Plugin:
         return out
 
     def config_key(self, *extra: Any) -> str:
-        """A stable hash of the plugin's name, parameters and anything else given."""
-        blob = json.dumps([type(self).__module__, type(self).__qualname__, self.name,
+        """A stable hash of the plugin's class, :attr:`seed_key`, parameters and anything
+        else given."""
+        blob = json.dumps([type(self).__module__, type(self).__qualname__, self.seed_key,
                            self.params(), list(extra)], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        return f"{self.name or type(self).__name__}({args})"
+        entry = self.__dict__.get("_harness_entry")
+        shown = entry.name if entry is not None else (self.__dict__.get("name")
+                                                     or type(self).__name__)
+        return f"{shown}({args})"
 
 
 def _suite_key(name: str) -> str:
@@ -92,12 +180,22 @@ def _suite_key(name: str) -> str:
     return name
 
 
+def registered_name(plugin: Any) -> str:
+    """The name ``plugin`` (an instance) was registered under, else its own ``name``, else
+    its class's name."""
+    entry = plugin.__dict__.get("_harness_entry") if not isinstance(plugin, type) else None
+    if entry is not None:
+        return entry.name
+    return getattr(plugin, "name", "") or type(plugin).__name__
+
+
 def plugin_label(plugin: Any) -> str:
     """``attack plugin 'lbfgs' (package robustness-harness 0.1.0)``: the plugin's kind and
     registered name, and the distribution it came from as the registry recorded it (else its
     module)."""
     cls = plugin if isinstance(plugin, type) else type(plugin)
-    entry = cls.__dict__.get("_harness_entry")
+    entry = (None if isinstance(plugin, type) else plugin.__dict__.get("_harness_entry")) \
+        or cls.__dict__.get("_harness_entry")
     kind = entry.kind if entry is not None else getattr(cls, "kind", "plugin")
     name = entry.name if entry is not None else (getattr(cls, "name", "") or cls.__name__)
     if entry is not None and entry.distribution not in ("", "-"):

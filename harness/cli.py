@@ -21,7 +21,7 @@ import click
 
 from .errors import HarnessError, Interrupted
 
-KINDS = ("model", "dataset", "attack", "metric", "analysis")
+KINDS = ("model", "dataset", "attack", "metric", "analysis", "reporter")
 
 
 def _err(msg: str) -> None:
@@ -139,18 +139,90 @@ def cli() -> None:
 
 
 @cli.command()
+@click.argument("name", required=False)
 @click.option("--kind", type=click.Choice(KINDS), help="Only plugins of this kind.")
-def plugins(kind: str | None) -> int:
-    """List the installed plugins: kind, name, and the distribution providing each."""
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also each plugin's parameters (types, defaults, descriptions).")
+def plugins(name: str | None, kind: str | None, verbose: bool) -> int:
+    """List the installed plugins: kind, name, the entry point (what blocking names) and the
+    distribution providing each; with NAME (or -v), their parameters. Plugin packages that
+    could not be loaded are listed after them with the exact line that blocks them (exit 1)."""
     from tabulate import tabulate
 
     from .plugins import default_registry
 
     registry = default_registry()
-    rows = [[e.kind, e.name, e.distribution, e.summary] for e in registry.entries(kind)]
-    click.echo(tabulate(rows, headers=["kind", "name", "distribution", "description"],
-                        tablefmt="simple", maxcolwidths=[None, None, None, 70]))
-    return 0
+    entries = [e for e in registry.entries(kind) if name is None or e.name == name]
+    if name is not None and not entries:
+        registry.get(kind or _kind_of(registry, name), name)   # unknown: one line, hints
+    if name is None:
+        rows = [[e.kind, e.name, e.plugin, e.distribution, e.summary] for e in entries]
+        click.echo(tabulate(rows, headers=["kind", "name", "entry point", "distribution",
+                                           "description"],
+                            tablefmt="simple", maxcolwidths=[None, None, None, None, 60]))
+    if name is not None or verbose:
+        for e in entries:
+            click.echo(f"\n{e.kind} {e.name} ({e.distribution}, entry point {e.plugin})")
+            doc = _doc(e.cls)
+            if doc:
+                click.echo(f"  {doc}")
+            rows = _param_rows(e.cls)
+            click.echo(tabulate(rows, headers=["parameter", "type", "default", "description"],
+                                tablefmt="simple", maxcolwidths=[None, 30, 20, 60])
+                       if rows else "  (no parameters)")
+    for (k, n), why in sorted(registry.conflicts.items()):
+        click.echo(f"CONFLICT {k} {n}: {why}")
+    for b in registry.broken:
+        click.echo(f"BROKEN {b.line()}")
+    return 1 if registry.broken or registry.conflicts else 0
+
+
+def _kind_of(registry: Any, name: str) -> str:
+    for entry in registry.entries():
+        if entry.name == name:
+            return entry.kind
+    return "attack"
+
+
+def _doc(cls: type) -> str:
+    import inspect
+
+    doc = (inspect.getdoc(cls) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def _param_rows(cls: Any) -> list[list[str]]:
+    """Parameter, type, default and description of every parameter of a plugin class."""
+    from .params import spec_fields
+
+    model, keys = cls.params_model()
+    specs = spec_fields(model)
+    rows = []
+    for field, info in model.model_fields.items():
+        if field in specs:
+            shown = f"{specs[field]} spec"
+        else:
+            shown = _type_name(info.annotation)
+        default = "(required)" if info.is_required() else repr(info.default)
+        rows.append([keys.get(field, field), shown, default, info.description or ""])
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    import re
+    import typing
+
+    if annotation is None:
+        return "any"
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    if text is None:
+        text = str(annotation)
+    text = re.sub(r"typing\.|collections\.abc\.|NoneType", lambda m: "None" if m.group(0) ==
+                  "NoneType" else "", text)
+    text = text.replace("Annotated[", "").replace("Optional[", "")
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _type_name(typing.get_args(annotation)[0])
+    return text
 
 
 _NO_CODE_HELP = ("Refuse a suite that names code to import and run (a model factory such as "

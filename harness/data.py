@@ -305,3 +305,8 @@ class DatasetPlugin(Plugin):
         """Read the data (downloading where allowed) and return it: :class:`Data` in memory,
         or :class:`StreamedData` read in batches."""
         raise NotImplementedError
+
+    def num_classes_hint(self) -> int | None:
+        """The number of classes, when known without reading the data (MNIST: 10), so that
+        ``harness validate`` can check parameters against it; None when not known."""
+        return None

@@ -474,12 +474,14 @@ def versions(registry: Any) -> dict[str, str]:
 
 
 def plugins_used(registry: Any, built: dict[Any, Any]) -> list[dict[str, str]]:
-    # the kind and name of the class as registered (a plugin parameter named "kind" or
-    # "name" shadows them on the instance)
-    used = sorted({(type(obj).kind, type(obj).name,
-                    registry.get(type(obj).kind, type(obj).name).distribution)
-                   for obj in built.values()})
-    return [{"kind": k, "name": n, "distribution": d} for k, n, d in used]
+    """The plugins a suite uses: kind, registered name and distribution (from the registry
+    entry each was built from; a parameter named "kind" or "name" cannot shadow them)."""
+    used = set()
+    for obj in built.values():
+        entry = obj.__dict__.get("_harness_entry")
+        if entry is not None:
+            used.add((entry.kind, entry.name, entry.distribution))
+    return [{"kind": k, "name": n, "distribution": d} for k, n, d in sorted(used)]
 
 
 def preflight(plan: "Plan", ctx: Context, chunks: set[str] | None = None) -> None:

@@ -685,12 +685,28 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
 
     def build(kind: str, loc: Loc, spec: Spec) -> None:
         try:
-            built[loc] = registry.build(kind, spec.use, spec.params)
+            built[loc] = obj = registry.build(kind, spec.use, spec.params)
         except PluginError as exc:
             raise suite.error(loc + ("use",), exc.message, hint=exc.hint) from None
         except ParamError as exc:
             where = loc + (exc.param,) if exc.param in spec else loc + ("use",)
             raise suite.error(where, exc.message, hint=exc.hint) from None
+        nested(obj, loc)
+
+    def nested(obj: Any, loc: Loc) -> None:
+        """Parameters that are plugin specs (``train: {use: mnist}``): checked like any
+        plugin of the suite, on their own line."""
+        from .params import spec_fields
+
+        model, keys = type(obj).params_model()
+        for field, kind in spec_fields(model).items():
+            value = getattr(obj, field, None)
+            if not isinstance(value, dict) or "use" not in value:
+                continue
+            key = keys.get(field, field)
+            inner = Spec({k: v for k, v in value.items()})
+            build(kind, loc + (key,), inner)
+            built.pop(loc + (key,), None)   # checked only: its owner builds it when it runs
 
     if suite.data is not None:
         build("dataset", ("data",), suite.data)
@@ -725,6 +741,7 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
             if metric.needs_attack and test.attack is None:
                 raise suite.error(loc, f"metric {spec.use!r} needs an attack, and test "
                                        f"{test.name!r} has none")
+    _check_classes(suite, built)
     for i, gate in enumerate(suite.gates):
         k = next((k for k, t in enumerate(suite.tests) if t.name == gate.test), None)
         if k is not None and gate.max_drop is not None:
@@ -735,6 +752,28 @@ def check_plugins(suite: Suite, registry: Any) -> dict[str, Any]:
                                   f"metric {gate.metric!r} has no better direction, so a drop "
                                   "cannot be measured", hint="use min/max for it")
     return built
+
+
+def _check_classes(suite: Suite, built: dict[Loc, Any]) -> None:
+    """Values that cannot fit the data, where its dataset plugin knows how many classes it
+    has without reading it (``target: 12`` with 10 classes): an error on their line."""
+    for i, test in enumerate(suite.tests):
+        data = built.get(("tests", i, "data")) or built.get(("data",))
+        hint = getattr(data, "num_classes_hint", None)
+        classes = hint() if callable(hint) else None
+        if not classes:
+            continue
+        for loc, obj in built.items():
+            if loc[:2] != ("tests", i) or len(loc) < 3 or loc[2] == "data":
+                continue
+            check = getattr(obj, "check_data", None)
+            if not callable(check):
+                continue
+            try:
+                check(classes)
+            except ParamError as exc:
+                raise suite.error(loc + ((exc.param,) if exc.param else ()), exc.message,
+                                  hint=exc.hint) from None
 
 
 def bundled_suites() -> dict[str, Path]:

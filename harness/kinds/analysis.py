@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ModelError
 from ..records import ChunkRecord, ResultRow, ledger_frame
+from ..base import registered_name
 from . import ChunkOutput, Env, TestKind
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class AnalysisTest(TestKind):
     def run_chunk(self, env: Env, case: "Case", chunk: "Chunk") -> ChunkOutput:
         model = env.model(case.model)
         if self.analysis.needs_module and model.module is None:
-            raise ModelError(f"analysis {self.analysis.name!r} needs a torch module, and model "
+            raise ModelError(f"analysis {registered_name(self.analysis)!r} needs a torch module, and model "
                              f"{case.model!r} is not one")
         data = None
         if self.analysis.needs_data:

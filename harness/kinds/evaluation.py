@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
 from ..records import ChunkRecord, ResultRow, baseline_label, join_settings, ledger_frame
+from ..base import registered_name
 from . import ChunkOutput, Env, TestKind
 from .ledger import case_evaluation, metric_rows, result_columns
 
@@ -37,7 +38,7 @@ class EvaluationTest(TestKind):
         j = 0
         while ("tests", index, "attack", j) in built:   # several attacks: named settings
             attack = built[("tests", index, "attack", j)]
-            attacks.append((type(attack).name, attack))
+            attacks.append((registered_name(attack), attack))
             j += 1
         seen: dict[str, int] = {}
         named = []
@@ -96,7 +97,7 @@ class EvaluationTest(TestKind):
         self.check_fit(case.model, model, data)
         for attack in self.attacks:
             if attack.needs_gradients and not model.differentiable:
-                raise ModelError(f"attack {attack.name!r} needs gradients, and model "
+                raise ModelError(f"attack {registered_name(attack)!r} needs gradients, and model "
                                  f"{case.model!r} gives none",
                                  hint="use a gradient-free attack for it")
         record = ChunkRecord(case.key, chunk.index, chunk.start, chunk.stop)
@@ -122,7 +123,7 @@ class EvaluationTest(TestKind):
             res = variant(model, x, y, env.context(chunk.start))
             adv_pred = model.predict(res.x_adv)
             frames.append({**common, **result_columns(res, adv_pred), "setting": label,
-                           "attack": variant.name})
+                           "attack": registered_name(variant)})
             results.append((label, res, adv_pred))
             ev = Evaluation(model, x, y, clean_pred, res, adv_pred)
             record.partials += _partials(label, partial_metrics, ev)
@@ -286,7 +287,7 @@ def failure_note(test: str, model: str, setting: str, attack: Any,
     if failed.empty:
         return None
     n, k = len(rows), len(failed)
-    where = f"{attack.name} on {model}" + (f" ({setting})" if setting else "")
+    where = f"{registered_name(attack)} on {model}" + (f" ({setting})" if setting else "")
     counts = failed["failure"].replace("", "unknown").value_counts()
     parts = []
     for code, count in counts.items():

@@ -19,6 +19,7 @@ from ..errors import HarnessError, ModelError
 from ..records import (ChunkRecord, ResultRow, baseline_label, ledger_frame, parse_label,
                        transfer_label)
 from ..suite import BASELINE
+from ..base import registered_name
 from . import ChunkOutput, Env, TestKind
 from .evaluation import _one_batch
 from .ledger import result_columns
@@ -67,7 +68,7 @@ class TransferTest(TestKind):
             out.append(transfer_label(mid))
             out += [transfer_label(mid, a) for a in self.amplify]
         if self.baseline is not None:
-            out += [baseline_label(self.baseline.name, label)
+            out += [baseline_label(registered_name(self.baseline), label)
                     for label, _ in self.baseline.variants()]
         return out
 
@@ -113,8 +114,8 @@ class TransferTest(TestKind):
             for label, x_rows, cols in examples:
                 pred = target.predict(x_rows.to(target.device)).cpu().numpy()
                 frames.append({**common, **cols, "model": tid, "setting": label,
-                               "attack": self.attack.name if source is not None
-                               else self.baseline.name,
+                               "attack": registered_name(self.attack) if source is not None
+                               else registered_name(self.baseline),
                                "clean_pred": clean, "adv_pred": pred})
         out.ledger = ledger_frame(frames)
         record.files = list(out.files)
@@ -131,7 +132,7 @@ class TransferTest(TestKind):
         import torch
 
         if self.attack.needs_gradients and not source.differentiable:
-            raise ModelError(f"attack {self.attack.name!r} needs gradients, and model "
+            raise ModelError(f"attack {registered_name(self.attack)!r} needs gradients, and model "
                              f"{case.model!r} gives none",
                              hint="make the examples for a differentiable model")
         wanted = self._spec(case.model, data)
@@ -197,7 +198,7 @@ class TransferTest(TestKind):
         for label, variant in self.baseline.variants():
             res = variant(stand_in, x, y, env.context(chunk.start))
             x_adv = res.x_adv.detach().cpu()
-            rows.append((baseline_label(self.baseline.name, label), x_adv,
+            rows.append((baseline_label(registered_name(self.baseline), label), x_adv,
                          {"distortion": fmt.distortion_of(x, x_adv).double().numpy(),
                           "l2": _norm(x, x_adv, 2), "linf": _norm(x, x_adv, math.inf)}))
         return rows

@@ -147,6 +147,7 @@ class LBFGS(Attack):
     """
 
     minimum_norm = True
+    seed_name = "lbfgs"
 
     failure_advice: ClassVar[dict[str, str]] = {
         "budget": "the L-BFGS iteration limit per value of c stopped the last solve before "
@@ -379,7 +380,7 @@ class LBFGS(Attack):
         with torch.no_grad():
             logits0 = model(x0.view(B, *shape))
         if self.targeted:
-            gen = ctx.generator(self.name or "lbfgs", "target", tuple(y.tolist())) \
+            gen = ctx.generator(self.seed_key, "target", tuple(y.tolist())) \
                 if self.target == "random" else None
             label = choose_targets(self.target, y, logits0, model.num_classes, gen)
         else:

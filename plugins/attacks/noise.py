@@ -20,6 +20,8 @@ class GaussianNoise(Attack):
     image and raises the error several-fold at stddev 0.3.
     """
 
+    seed_name = "gaussian-noise"
+
     sweep = "stddev"
     needs_gradients = False
     #: noise has no goal: its distortion is over all images (a "success" is only an image the
@@ -43,7 +45,7 @@ class GaussianNoise(Attack):
     def run(self, model: Model, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> AttackResult:
         if isinstance(self.stddev, list):
             raise ValueError("run one stddev at a time (see Attack.variants)")
-        gen = ctx.generator(self.name or "gaussian-noise", float(self.stddev), tuple(x.shape))
+        gen = ctx.generator(self.seed_key, float(self.stddev), tuple(x.shape))
         noise = torch.randn(x.shape, generator=gen, device="cpu").to(x.device)
         x_adv = x + self.stddev * noise
         if self.clip:

@@ -141,7 +141,7 @@ class TrainedClassifier(ModelPlugin):
         schedule = self.schedule(len(x))
         lambdas = per_layer(self.weight_decay, self.num_weight_layers())
         result = fit_classifier(module, x, y, lambdas, schedule,
-                                ctx.generator(self.name, "shuffle", self.params_id()),
+                                ctx.generator(self.seed_key, "shuffle", self.params_id()),
                                 ctx.progress, f"{label}: training")
         return {"loss": result.loss, "seconds": result.seconds}
 
@@ -182,7 +182,7 @@ class TrainedClassifier(ModelPlugin):
         data = self.training_data(ctx).materialize()   # training reads the whole set
         device = torch.device(ctx.device)
         label = self.label(data)
-        module = self.build(data, ctx.generator(self.name, "init", self.params_id()))
+        module = self.build(data, ctx.generator(self.seed_key, "init", self.params_id()))
         cache = WeightCache(Path(ctx.cache_dir) / "models", self.cache_key(ctx, data))
         meta = cache.load_into(module) if ctx.use_cache else None
         module.to(device)
@@ -223,6 +223,7 @@ class PaperMNIST(TrainedClassifier):
     """
 
     name: ClassVar[str] = "paper-mnist"
+    seed_name = "paper-mnist"
 
     LATER_PARAMS: ClassVar[dict[str, Any]] = {"conv": []}
 
@@ -334,7 +335,7 @@ class PaperMNIST(TrainedClassifier):
             return super().fit(module, x, y, ctx, label)
         flat = x.flatten(1)
         encoder, ae_result = fit_autoencoder(
-            flat, spec, ctx.generator(self.name, "autoencoder", self.params_id()),
+            flat, spec, ctx.generator(self.seed_key, "autoencoder", self.params_id()),
             ctx.progress, f"{label}: autoencoder")
         module[1].load_state_dict(encoder.state_dict())
         # the classifier sees only the frozen code: compute it once
@@ -380,6 +381,7 @@ class MLP(TrainedClassifier):
     """
 
     name: ClassVar[str] = "mlp"
+    seed_name = "mlp"
     LATER_PARAMS: ClassVar[dict[str, Any]] = {"conv": []}
 
     def __init__(self, *, train: Mapping[str, Any] | None = None, hidden: Sequence[int] = (),
