@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+from ._lazy import torch
 
 from .base import Plugin, blame, plugin_label
 from .errors import ModelError, ParamError, PluginCrash, PluginError
@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 #: tolerance on the [0, 1] box, for float round-off
 BOX_TOL = 1e-6
-#: what running out of device memory raises
-OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+def out_of_memory() -> type:
+    """What running out of device memory raises."""
+    return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 
 
 @dataclass
@@ -218,7 +219,7 @@ class Attack(Plugin):
                     with blame(self, f"attacking model {model.name!r}"):
                         res = self.run(model, xb, yb, bctx)
                 except PluginCrash as exc:
-                    if not isinstance(exc.original, OUT_OF_MEMORY) or bs <= 1:
+                    if not isinstance(exc.original, out_of_memory()) or bs <= 1:
                         raise
                     # the batch did not fit in the device's memory: retry it at half the size,
                     # and keep that size for the rest of the run (reported with the results)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
-import torch
-from torch import nn
+from ._lazy import torch
 
 from .base import Plugin
 from .errors import ModelError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .context import Context
 
 
@@ -69,14 +70,30 @@ class Model:
         device synchronisation; the flag itself is kept on the device at every call)."""
         return self._nonfinite is not None and bool(self._nonfinite)
 
-    @torch.no_grad()
     def logits(self, x: torch.Tensor, batch_size: int | None = None, *,
                when: str = "") -> torch.Tensor:
         """Logits for any number of inputs (on any device), computed in batches without grad;
         returned on the model's device. NaN or infinite logits are a :class:`ModelError`
-        (``when`` says on which inputs, for its message)."""
+        (``when`` says on which inputs, for its message). A batch that does not fit in the
+        device's memory is retried at half the size, which is kept for later calls."""
+        from .attack import out_of_memory
+
         bs = batch_size or self.eval_batch_size
-        outs = [self(x[i:i + bs].to(self.device)) for i in range(0, len(x), bs)]
+        outs = []
+        i = 0
+        with torch.no_grad():
+            while i < len(x):
+                try:
+                    outs.append(self(x[i:i + bs].to(self.device)))
+                except out_of_memory():
+                    if bs <= 1:
+                        raise
+                    bs = max(1, bs // 2)
+                    self.eval_batch_size = bs
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    continue
+                i += bs
         if not outs:
             return torch.empty(0, self.num_classes, device=self.device)
         out = torch.cat(outs)
