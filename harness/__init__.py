@@ -25,6 +25,7 @@ from .hookspecs import hookimpl
 from .metric import Evaluation, Metric
 from .model import Model, ModelPlugin
 from .params import DatasetSpec, Field, ModelSpec, Params
+from .reporting import CaseFinished, Reporter, RunFinished, RunStarted, RunView, Table
 
 __version__ = "0.1.0"
 #: the plugin API this harness provides: a plugin package may require a version with
@@ -39,5 +40,6 @@ __all__ = [
     "HarnessError", "Metric", "Model", "ModelError", "ModelPlugin", "ParamError", "Plugin",
     "PluginError", "SuiteError", "check_target", "choose_targets", "hookimpl",
     "resolve_device", "__version__", "__api_version__", "Params", "Field", "DatasetSpec",
-    "ModelSpec", "stable_seed",
+    "ModelSpec", "stable_seed", "Reporter", "RunView", "Table", "RunStarted", "CaseFinished",
+    "RunFinished",
 ]

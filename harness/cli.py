@@ -89,7 +89,7 @@ def _event_printer(quiet: bool):
     bars: dict[str, Any] = {}
 
     def on_event(kind: str, info: dict[str, Any]) -> None:
-        if quiet:
+        if quiet and kind != "hook_error":
             return
         from tqdm import tqdm
 
@@ -103,6 +103,9 @@ def _event_printer(quiet: bool):
             bar = bars.get(info["case"])
             if bar is not None:
                 bar.update(info["images"])
+            return
+        if kind == "hook_error":
+            tqdm.write(f"warning: {info['error']}", file=sys.stderr)
             return
         if kind == "start":
             line = f"running {info['cases']} case(s) on {info['device']}, seed {info['seed']}"
@@ -297,13 +300,17 @@ def validate(suite: str, no_code: bool, verbose: bool) -> int:
                                 "a local one).")
 @click.option("--workers", type=click.IntRange(min=0),
               help="DataLoader worker processes reading the data (default: the dataset's).")
+@click.option("--report", "reporters", multiple=True, metavar="REPORTER",
+              help="Also send the finished run to this reporter (e.g. mlflow); repeatable.")
+@click.option("--report-option", "report_options", multiple=True, metavar="KEY=VALUE",
+              help="A parameter of the --report reporters, e.g. experiment=nightly.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; tables only.")
 def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
         limit: int | None, seed: int | None, no_cache: bool, cache_dir: Path | None,
         baseline: Path | None, reuse: Path | None, resume: Path | None,
         shard: tuple[int, int] | None, junit: Path | None, threads: int | None,
         no_code: bool, executor: str, address: str | None, workers: int | None,
-        quiet: bool) -> int:
+        reporters: tuple[str, ...], report_options: tuple[str, ...], quiet: bool) -> int:
     """Run SUITE (a YAML file, or the name of a bundled suite; default: quickstart), print its
     tables and write its run folder. SIGINT or SIGTERM stops it: what finished is saved and
     the command that finishes it is printed (exit 130 or 143)."""
@@ -312,7 +319,8 @@ def run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
     with _StopSignals() as stops:
         return _run(suite, out, device, data_dir, limit, seed, no_cache, cache_dir, baseline,
                     reuse, resume, shard, junit, threads, no_code, quiet, stops,
-                    executor=executor, address=address, workers=workers)
+                    executor=executor, address=address, workers=workers,
+                    reporters=reporters, report_options=report_options)
 
 
 def _run(suite: str, out: Path | None, device: str | None, data_dir: Path | None,
@@ -320,7 +328,8 @@ def _run(suite: str, out: Path | None, device: str | None, data_dir: Path | None
          baseline: Path | None, reuse: Path | None, resume: Path | None,
          shard: tuple[int, int] | None, junit: Path | None, threads: int | None,
          no_code: bool, quiet: bool, stops: _StopSignals, executor: str = "local",
-         address: str | None = None, workers: int | None = None) -> int:
+         address: str | None = None, workers: int | None = None,
+         reporters: tuple[str, ...] = (), report_options: tuple[str, ...] = ()) -> int:
     from .context import resolve_device, silent_progress
     from .plugins import default_registry
     from .runner import RunOptions, run_suite
@@ -350,6 +359,8 @@ def _run(suite: str, out: Path | None, device: str | None, data_dir: Path | None
         base_store = RunStore(baseline)
         base_store.check()
     registry = default_registry()
+    # unknown reporters or bad parameters: before the run
+    extra = [_reporter(registry, r, report_options) for r in reporters]
     s = load_suite(suite, registry, no_code=no_code)
     name = f"{s.name}-shard{shard[0]}of{shard[1]}" if shard else s.name
     store = RunStore(out or default_run_dir(name))
@@ -369,24 +380,30 @@ def _run(suite: str, out: Path | None, device: str | None, data_dir: Path | None
             _err(f"to finish it: {again}")
         raise
     stops.defer()  # the run is saved: a signal now only cuts the report short
-    _finish(store, result, junit)
+    _finish(store, result, junit, registry)
+    for reporter in extra:
+        from .report import run_view
+
+        _err(_publish(reporter, run_view(store)))
     if result.interrupted or result.errors:
         _err(f"to finish it (only the unfinished or failed cases run again): {again}")
     return code
 
 
-def _finish(store: Any, result: Any, junit: Path | None) -> None:
-    """Write report.md (and JUnit XML), print the tables, the errors and the folder."""
-    from .report import build_tables, render_markdown, render_terminal
+def _finish(store: Any, result: Any, junit: Path | None, registry: Any = None) -> None:
+    """Write report.md (and JUnit XML), print the tables, the errors and the folder: the
+    markdown, junit and text reporters, as any reporter is used."""
+    from .plugins import default_registry
+    from .report import run_view
 
-    summary, tables = build_tables(store)
-    store.write_text("report.md", render_markdown(summary, tables))
+    registry = registry or default_registry()
+    view = run_view(store)
+    store.write_text("report.md", _reporter(registry, "markdown").render(view))
     if junit is not None:
-        from .report.junit import render_junit
         from .store import atomic_write
 
-        atomic_write(junit, render_junit(summary))
-    click.echo(render_terminal(summary, tables), nl=False)
+        atomic_write(junit, _reporter(registry, "junit").render(view))
+    click.echo(_reporter(registry, "text").render(view), nl=False)
     for case in result.errors:
         _err(f"error: {case.test} x {case.model}: {case.error}")
     if (store.path / "errors.log").exists():
@@ -422,45 +439,76 @@ def merge(run_dirs: tuple[Path, ...], out: Path | None, baseline: Path | None,
     name = stores[0].read_summary().suite.name
     store = RunStore(out or default_run_dir(name))
     with _StopSignals() as stops:
-        result, code = merge_runs(stores, default_registry(), store, command=sys.argv,
+        registry = default_registry()
+        result, code = merge_runs(stores, registry, store, command=sys.argv,
                                   baseline=base_store)
         stops.defer()
-        _finish(store, result, junit)
+        _finish(store, result, junit, registry)
     return code
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "html", "junit"]),
-              default="text", show_default=True, help="What to render.")
+@click.option("--format", "fmt", default="text", show_default=True, metavar="REPORTER",
+              help="A reporter: text, markdown, html, junit, mlflow, or one a plugin package "
+                   "adds (harness plugins --kind reporter).")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Write to this file (html default: RUN_DIR/report.html) instead of printing.")
-def report(run_dir: Path, fmt: str, output: Path | None) -> int:
-    """Re-render a run folder's report without recomputing anything."""
-    from .report import build_tables, render_markdown, render_terminal
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A reporter parameter (YAML value), e.g. --option experiment=nightly.")
+def report(run_dir: Path, fmt: str, output: Path | None, options: tuple[str, ...]) -> int:
+    """Re-render a run folder's report without recomputing anything, or send it to a
+    reporter such as MLflow."""
+    from .plugins import default_registry
+    from .report import run_view
     from .store import RunStore, atomic_write
 
+    registry = default_registry()
+    reporter = _reporter(registry, fmt, options)
     store = RunStore(run_dir)
-    summary, tables = build_tables(store)
-    if fmt == "html":
-        from .report.html import render_html
+    view = run_view(store)
+    if reporter.suffix is None:   # a reporter that publishes (a tracker)
+        click.echo(_publish(reporter, view))
+        return 0
+    from .base import blame
 
-        text = render_html(summary, tables, store)
-        output = output or store.path / "report.html"
-    elif fmt == "junit":
-        from .report.junit import render_junit
-
-        text = render_junit(summary)
-    elif fmt == "markdown":
-        text = render_markdown(summary, tables)
-    else:
-        text = render_terminal(summary, tables)
+    with blame(reporter, "rendering the report"):
+        text = reporter.render(view)
+    if fmt == "html" and output is None:
+        output = store.path / "report.html"
     if output is None:
         click.echo(text, nl=False)
     else:
         atomic_write(output, text)
         click.echo(f"wrote {output}")
     return 0
+
+
+def _reporter(registry: Any, name: str, options: tuple[str, ...] = ()) -> Any:
+    import yaml
+
+    params: dict[str, Any] = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HarnessError(f"--option {item!r} is not KEY=VALUE")
+        try:
+            params[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            params[key] = value
+    from .errors import ParamError
+
+    try:
+        return registry.build("reporter", name, params)
+    except ParamError as exc:
+        raise HarnessError(f"reporter {name!r}: {exc.message}", hint=exc.hint) from None
+
+
+def _publish(reporter: Any, view: Any) -> str:
+    from .base import blame
+
+    with blame(reporter, "publishing the run"):
+        return reporter.publish(view)
 
 
 #: click >= 8.2 raises this for a bare ``harness``: show the help, it is not an error

@@ -1,4 +1,6 @@
-"""What a plugin may ask of the harness while it works: device, seeds, folders, progress."""
+"""What a plugin may ask of the harness while it works: device, seeds, data and cache folders,
+datasets, progress. Part of the public API: it imports nothing from the engine, which hands
+it what it needs (a dataset loader)."""
 
 from __future__ import annotations
 
@@ -14,13 +16,26 @@ from ._lazy import torch
 from .errors import HarnessError
 
 if TYPE_CHECKING:
-    from .data import Data
-    from .registry import Registry
+    from .data import DataSource
+
+#: where datasets are looked for when no ``--data-dir`` is given
+DATA_ENV = "HARNESS_DATA_DIR"
+#: the cache of trained weights and staged data
+CACHE_ENV = "HARNESS_CACHE_DIR"
 
 
 class Progress(Protocol):
+    """A progress bar, as ``ctx.progress(...)`` yields it (tqdm's interface, reduced):
+    ``update(n)`` after ``n`` more units of work, ``set_postfix(**values)`` to show numbers
+    beside it (a loss, a success rate)."""
+
     def update(self, n: int = 1) -> None: ...
     def set_postfix(self, **values: Any) -> None: ...
+
+
+#: ``loader(use, params, ctx)`` -> the data of dataset plugin ``use`` built with ``params``:
+#: what :meth:`Context.dataset` calls (the engine provides it)
+DatasetLoader = Callable[[str, "dict[str, Any]", "Context"], "DataSource"]
 
 
 class _Silent:
@@ -40,8 +55,14 @@ def silent_progress(desc: str, total: int | None = None, unit: str = "it") -> It
     yield _Silent()
 
 
+def default_data_dir() -> Path | None:
+    """``$HARNESS_DATA_DIR``, when set."""
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser() if env else None
+
+
 def default_cache_dir() -> Path:
-    env = os.environ.get("HARNESS_CACHE_DIR")
+    env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -78,43 +99,99 @@ def stable_seed(*parts: Any) -> int:
 
 @dataclass
 class Context:
-    """Handed to every plugin's ``load``/``run``: where to compute and how to be reproducible.
+    """Handed to every plugin's ``load``/``run``: where to compute, how to be reproducible,
+    where data and caches live, and how to report progress.
 
-    Randomness comes from :meth:`generator`, keyed by the run's seed and a name, so results
-    do not depend on the order in which things run.
+    - ``device``: where the model lives; every tensor a plugin makes goes there.
+    - ``seed`` and :meth:`generator`: randomness keyed by the run's seed and a name, so that
+      results do not depend on the order in which things run or on the device.
+    - :meth:`seeded`: a block whose torch global random state (layer initializations) is
+      seeded from the run's seed and a key.
+    - ``data_dir`` (``--data-dir``, else ``$HARNESS_DATA_DIR``), ``cache_dir``
+      (``--cache-dir``, else ``$HARNESS_CACHE_DIR``, else ``~/.cache/robustness-harness``),
+      ``use_cache`` (false with ``--no-cache``), :meth:`cache_path` and :meth:`write_cache`
+      (atomic writes: a process killed while writing leaves no half file).
+    - :meth:`dataset`: another dataset plugin's data (a model trained on it), loaded once
+      per run.
+    - ``progress(description, total, unit)``: a context manager yielding a
+      :class:`Progress`.
+    - ``input_shape``/``num_classes``: those of the data the model's first test feeds it,
+      when known (a model plugin may use them where its suite gives none).
+    - ``position``: in an attack's ``run``, the position in the test's data of the batch's
+      first image (key per-batch randomness by it, so every batch draws its own stream).
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
-    data_dir: Path | None = None
+    data_dir: Path | None = field(default_factory=default_data_dir)
     cache_dir: Path = field(default_factory=default_cache_dir)
     use_cache: bool = True
     progress: ProgressFactory = silent_progress
-    registry: "Registry | None" = None
-    #: the shape of one input image and the number of classes of the data a model will be fed,
-    #: when the suite's data tells (a model plugin may use them where the suite gives none)
+    #: the engine's dataset loader (see :data:`DatasetLoader`); without one, ``dataset``
+    #: builds the plugin from the installed plugins
+    loader: DatasetLoader | None = field(default=None, repr=False)
+    #: kept for plugins written before ``loader``: a registry to build dataset plugins with
+    registry: Any = field(default=None, repr=False)
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
-    #: the position, in the test's data, of the first image of the batch being attacked (key
-    #: per-batch randomness by it, so that every batch draws its own stream)
     position: int = 0
-    _datasets: dict[str, "Data"] = field(default_factory=dict, repr=False)
+    _datasets: dict[str, "DataSource"] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.data_dir is None:
+            self.data_dir = default_data_dir()
 
     def generator(self, *key: Any) -> torch.Generator:
         """A CPU generator seeded from the run's seed and ``key`` (draw on the CPU, then move:
         the numbers are then the same on every device)."""
         return torch.Generator().manual_seed(stable_seed(self.seed, *key))
 
-    def dataset(self, use: str, **params: Any) -> "Data":
-        """Load (once per run) the dataset plugin ``use`` with ``params``."""
-        key = repr((use, sorted(params.items())))
-        if key not in self._datasets:
-            if self.registry is None:
-                from .plugins import default_registry
-                self.registry = default_registry()
-            plugin = self.registry.build("dataset", use, params)
-            from .base import blame
+    @contextmanager
+    def seeded(self, *key: Any) -> Iterator[None]:
+        """Inside, torch's global random state is seeded from the run's seed and ``key`` (so
+        ``nn.Linear(...)`` initializes the same way every run), and restored afterwards."""
+        devices = [self.device] if getattr(self.device, "type", "cpu") == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(stable_seed(self.seed, *key))
+            yield
 
-            with blame(plugin, "loading data"):
-                self._datasets[key] = plugin.load(self)
+    def cache_path(self, *parts: str) -> Path:
+        """A path inside the cache folder (its parent folders created)."""
+        path = Path(self.cache_dir).joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_cache(self, path: Path | str, data: bytes) -> Path:
+        """Write ``data`` to ``path`` (inside the cache, see :meth:`cache_path`) atomically:
+        a temporary file renamed into place, so a reader never sees half a file."""
+        from .store_io import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), data)
+        return Path(path)
+
+    def dataset(self, use: str, **params: Any) -> "DataSource":
+        """The data of dataset plugin ``use`` built with ``params`` (loaded once per run)."""
+        key = repr((use, sorted(params.items(), key=lambda kv: str(kv[0]))))
+        if key not in self._datasets:
+            loader = self.loader
+            if loader is None:
+                loader = _default_loader(self.registry)
+            self._datasets[key] = loader(use, params, self)
         return self._datasets[key]
+
+
+def _default_loader(registry: Any) -> DatasetLoader:
+    """For a context made without the engine (a plugin's own tests): build dataset plugins
+    from the installed plugins."""
+    def load(use: str, params: dict[str, Any], ctx: "Context") -> "DataSource":
+        import importlib
+
+        from .base import blame
+
+        reg = registry
+        if reg is None:   # the engine, found at run time only: no import cycle
+            reg = importlib.import_module("harness.plugins").default_registry()
+        plugin = reg.build("dataset", use, params)
+        with blame(plugin, "loading data"):
+            return plugin.load(ctx)
+    return load

@@ -1,7 +1,13 @@
-"""The four hooks a plugin package may implement, one per kind of plugin.
+"""The hooks a plugin package may implement.
 
-Each receives a ``register(name, cls)`` callable; call it once per class the package
-provides. Classes are registered, not instances: a suite builds only what it names.
+Registration hooks, one per kind of plugin: each receives a ``register(name, cls)`` callable;
+call it once per class the package provides. Classes are registered, not instances: a suite
+builds only what it names.
+
+Lifecycle hooks follow a run as it goes, with typed arguments
+(:mod:`harness.reporting`): ``harness_run_started``, ``harness_case_finished``,
+``harness_run_finished``. An exception a lifecycle hook raises is reported with the package's
+name and does not stop the run.
 """
 
 import pluggy
@@ -33,3 +39,23 @@ def register_metrics(register):
 @hookspec
 def register_analyses(register):
     """Call register(name, AnalysisSubclass) for each analysis (probe, bound...) provided."""
+
+
+@hookspec
+def register_reporters(register):
+    """Call register(name, ReporterSubclass) for each reporter (report format, tracker)."""
+
+
+@hookspec
+def harness_run_started(run):
+    """A run began; ``run`` is a :class:`harness.reporting.RunStarted`."""
+
+
+@hookspec
+def harness_case_finished(run, case):
+    """A case finished; ``case`` is a :class:`harness.reporting.CaseFinished`."""
+
+
+@hookspec
+def harness_run_finished(run, outcome):
+    """The run ended (saved); ``outcome`` is a :class:`harness.reporting.RunFinished`."""

@@ -18,6 +18,7 @@ from .errors import ParamError, PluginCrash, PluginError
 from .metric import Metric
 from .model import ModelPlugin
 from .plugins import _exc_line, block_hint, package_label
+from .reporting import Reporter
 
 #: kind -> (hook name, base class)
 KINDS: dict[str, tuple[str, type]] = {
@@ -26,6 +27,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "attack": ("register_attacks", Attack),
     "metric": ("register_metrics", Metric),
     "analysis": ("register_analyses", Analysis),
+    "reporter": ("register_reporters", Reporter),
 }
 
 

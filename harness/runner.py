@@ -149,13 +149,22 @@ class LocalEnv:
         self.plan = plan
         self.options = options
         self.reuse = options.reuse
-        self.ctx = Context(device=device, seed=seed, data_dir=options.data_dir,
+        ctx_args: dict[str, Any] = {}
+        if options.data_dir is not None:   # else the Context's default: $HARNESS_DATA_DIR
+            ctx_args["data_dir"] = options.data_dir
+        self.ctx = Context(device=device, seed=seed,
                            cache_dir=options.cache_dir or default_cache_dir(),
                            use_cache=options.use_cache, progress=options.progress,
-                           registry=plan.registry)
+                           loader=self._load_dataset, registry=plan.registry, **ctx_args)
         self.infos: dict[str, ModelInfo] = models if models is not None else {}
         self._models: dict[str, "Model | None"] = {}
         self._data: dict[str, Any] = {}
+
+    def _load_dataset(self, use: str, params: dict[str, Any], ctx: Context) -> Any:
+        """What ``ctx.dataset`` calls: a dataset plugin built from the installed plugins."""
+        plugin = self.plan.registry.build("dataset", use, params)
+        with blame(plugin, "loading data"):
+            return plugin.load(ctx)
 
     def context(self, position: int) -> Context:
         return replace(self.ctx, position=position) if position else self.ctx
@@ -543,11 +552,75 @@ def run_suite(suite: Any, registry: Any, store: Any, options: RunOptions,
         save = saver(plan, store, static, baseline)
         # the folder reads as a run from the start: killed at any moment, it resumes
         save(RunResult(plan, runner.seed, str(runner.device), now(), shard=options.shard))
-        result = runner.run(store, todo, {k: v for k, v in done.items()},
-                            on_case=lambda r: save(r))
-        return result, final_save(save, result)
+        hooks = Lifecycle(registry, options.on_event)
+        cases = [c for c in plan.cases if todo is None or any(ch.id in todo for ch in c.chunks)]
+        hooks.started(plan, store, options, runner.device, len(cases), len(done))
+        reported: set[int] = set()
+
+        def on_case(r: RunResult) -> None:
+            save(r)
+            for outcome in r.cases:
+                if id(outcome) not in reported and outcome.status != "partial":
+                    reported.add(id(outcome))
+                    hooks.case_finished(r, outcome)
+
+        result = runner.run(store, todo, {k: v for k, v in done.items()}, on_case=on_case)
+        code = final_save(save, result)
+        hooks.finished(store, result, code)
+        return result, code
     finally:
         store.unlock()
+
+
+class Lifecycle:
+    """Calls the plugin packages' lifecycle hooks (``harness_run_started``,
+    ``harness_case_finished``, ``harness_run_finished``). A hook that raises is reported
+    (one line naming its package, through ``on_event("hook_error", ...)``) and the run goes
+    on."""
+
+    def __init__(self, registry: Any, on_event: EventHandler):
+        self.pm = getattr(registry, "pm", None)
+        self.on_event = on_event
+        self.run: Any = None
+
+    def call(self, hook: str, **kwargs: Any) -> None:
+        if self.pm is None:
+            return
+        from .plugins import _exc_line, package_label
+
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            try:
+                impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            except (KeyboardInterrupt, GeneratorExit):
+                raise
+            except BaseException as exc:
+                self.on_event("hook_error", {"hook": hook, "error": (
+                    f"{package_label(self.pm, impl.plugin)} raised in its {hook} hook: "
+                    f"{_exc_line(exc)}")})
+
+    def started(self, plan: "Plan", store: Any, options: RunOptions, device: Any,
+                cases: int, resumed: int) -> None:
+        from .reporting import RunStarted
+
+        self.run = RunStarted(plan.suite.name, plan.suite.file, plan.seed, str(device),
+                              Path(store.path), cases, options.shard, resumed)
+        self.call("harness_run_started", run=self.run)
+
+    def case_finished(self, result: RunResult, outcome: CaseResult) -> None:
+        from .reporting import CaseFinished
+
+        rows = result.rows.get(f"{outcome.test}::{outcome.model}", [])
+        self.call("harness_case_finished", run=self.run, case=CaseFinished(
+            outcome.test, outcome.model, outcome.status, outcome.seconds, outcome.images,
+            outcome.error, [r.as_dict() for r in rows]))
+
+    def finished(self, store: Any, result: RunResult, code: int) -> None:
+        from .reporting import RunFinished
+
+        summary = store.summary()
+        self.call("harness_run_finished", run=self.run, outcome=RunFinished(
+            Path(store.path), code, summary.get("verdict", ""), result.seconds,
+            result.interrupted, summary.get("gates") or []))
 
 
 def final_save(save: Callable[..., int], result: RunResult) -> int:

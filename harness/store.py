@@ -38,6 +38,7 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from .errors import HarnessError
+from .store_io import atomic_write_bytes
 from .suite import BASELINE, check_line, check_name
 
 from .records import RESULT_COLUMNS
@@ -65,20 +66,8 @@ def _umask() -> int:
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``path`` through a temporary file renamed into place, with the mode a newly
-    created file gets under the umask (0666 & ~umask, usually 0644)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``path`` atomically (see :func:`harness.store_io.atomic_write_bytes`)."""
+    atomic_write_bytes(Path(path), data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def default_run_dir(suite_name: str, root: Path = Path("reports")) -> Path:

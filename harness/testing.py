@@ -14,6 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import pytest
 import torch
 from torch import nn
@@ -24,29 +27,42 @@ from .context import Context
 from .data import Data
 from .metric import Evaluation, Metric
 from .model import Model
-from .plugins import make_plugin_manager
-from .registry import Registry
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 
-def make_registry(*plugins: object, entry_points: bool = True) -> Registry:
+def make_registry(*plugins: object, entry_points: bool = True) -> "Registry":
     """A registry over a fresh plugin manager: the installed plugins (``entry_points``) plus
-    ``plugins`` (modules or objects with hook implementations), e.g. one not installed yet."""
+    ``plugins`` (modules or objects with hook implementations), e.g. one not installed yet. A
+    module that is also installed (the package under test, loaded through its entry point)
+    is not registered twice."""
+    from .plugins import make_plugin_manager
+    from .registry import Registry
+
     return Registry(make_plugin_manager(entry_points=entry_points, extra=list(plugins)))
 
 
 def tiny_data(n: int | None = 120, split: str = "test") -> Data:
-    """Up to ``n`` of scikit-learn's 8x8 digits ([N, 1, 8, 8] in [0, 1]; no download)."""
-    from harness_plugins.datasets import Digits
+    """Up to ``n`` of scikit-learn's 8x8 digits ([N, 1, 8, 8] in [0, 1]; no download):
+    ``test`` the 360 images whose index is a multiple of 5, ``train`` the other 1,437."""
+    from sklearn.datasets import load_digits
 
-    return Digits(split=split, limit=n).load(Context())
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).div_(16.0).unsqueeze(1)
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    keep = (torch.arange(len(y)) % 5 == 0) if split == "test" else (torch.arange(len(y)) % 5 != 0)
+    x, y = x[keep], y[keep]
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return Data(x, y, 10, f"digits:{split}" + (f"[:{n}]" if n is not None else ""),
+                [str(i) for i in range(10)])
 
 
 def tiny_model(device: str | torch.device = "cpu") -> Model:
     """A fixed nearest-class-mean classifier on the 8x8 digits (about 89% accurate on the
     test split), differentiable, with layers ``0`` (flatten) and ``1`` (linear)."""
-    from harness_plugins.datasets import Digits
-
-    train = Digits(split="train").load(Context())
+    train = tiny_data(None, "train")
     x = train.x.flatten(1)
     means = torch.stack([x[train.y == k].mean(0) for k in range(10)])
     module = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
@@ -79,12 +95,31 @@ def strict_device(what: str = "the code") -> Iterator[None]:
                              f"be on the CPU while the model is on CUDA): {inner}") from inner
 
 
+@dataclass
+class AttackCheck:
+    """What :func:`check_attack` used and got: the ``model``, the inputs ``x`` and labels
+    ``y`` (on the model's device), and the attack's ``result``. Reading any attribute of an
+    :class:`AttackResult` from it reads the result's (``check.x_adv``), as code written when
+    ``check_attack`` returned the result alone does."""
+
+    result: AttackResult
+    model: Model
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __getattr__(self, name: str):
+        if name == "result":
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+
 def check_attack(attack: Attack, model: Model | None = None, data: Data | None = None,
-                 ctx: Context | None = None, strict: bool = True) -> AttackResult:
+                 ctx: Context | None = None, strict: bool = True) -> AttackCheck:
     """Run ``attack`` through the harness and assert what the harness relies on: shapes,
     device, the [0, 1] box, a bool success mask consistent with the model's predictions,
     per-image costs, and the same result twice with the same seed. With ``strict``, the first
-    run is under :func:`strict_device`. Returns the result."""
+    run is under :func:`strict_device`. Returns an :class:`AttackCheck`: the inputs it used
+    and the result."""
     model = model or tiny_model()
     data = data or tiny_data(64)
     ctx = ctx or Context(device=model.device, seed=0)
@@ -106,7 +141,7 @@ def check_attack(attack: Attack, model: Model | None = None, data: Data | None =
         assert value is not None and value.shape == (len(x),), f"{name} is not per image"
     again = attack(model, x, y, Context(device=model.device, seed=ctx.seed))
     assert torch.equal(again.x_adv, res.x_adv), "the same seed gave a different result"
-    return res
+    return AttackCheck(res, model, x, y)
 
 
 def check_metric(metric: Metric, attack: Attack | None = None, model: Model | None = None,

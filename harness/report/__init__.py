@@ -4,25 +4,17 @@ rows, metrics as columns), for the terminal and for report.md."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 from tabulate import tabulate
 
+from ..reporting import Table
 from ..store import RunStore
 from ..suite import Suite, metric_specs
 
+__all__ = ["Table", "build_tables", "render_terminal", "render_markdown", "run_view"]
+
 PERCENT_SUFFIXES = ("_error", "_rate", "_accuracy")
-
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list[str]]
-    notes: list[str] = field(default_factory=list)
-    #: figures (paths inside the run folder) that belong with the table
-    figures: list[str] = field(default_factory=list)
 
 
 def metric_format(metric: str) -> str:
@@ -436,3 +428,12 @@ def render_markdown(summary: dict[str, Any], tables: list[Table]) -> str:
         for fig in t.figures:
             out += ["", f"![{fig}]({fig})"]
     return "\n".join(out) + "\n"
+
+
+def run_view(store: RunStore) -> "Any":
+    """The run folder as reporters see it (:class:`harness.RunView`)."""
+    from ..reporting import RunView
+
+    summary, tables = build_tables(store)
+    return RunView(folder=store.path, summary=summary, tables=tables,
+                   results=store.results, ledger=store.ledger, file=store.file)

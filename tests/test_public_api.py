@@ -1,0 +1,159 @@
+"""The plugin-facing API stands apart from the engine: what plugin authors import pulls in no
+runner, suite, store or report; the Context gives plugins what they need; harness.testing
+works on its own."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import harness
+from harness import Attack, AttackResult, Context, Field, Params, ParamError
+from harness.testing import check_attack, make_registry, tiny_data, tiny_model
+
+API = ["harness", "harness.base", "harness.context", "harness.data", "harness.model",
+       "harness.attack", "harness.metric", "harness.analysis", "harness.errors",
+       "harness.hookspecs", "harness.params", "harness.reporting", "harness.testing"]
+ENGINE = ["harness.runner", "harness.suite", "harness.store", "harness.report",
+          "harness.registry", "harness.plugins", "harness.plan", "harness.kinds",
+          "harness.gates", "harness.merge", "harness.resume", "harness.executors",
+          "harness.cli", "harness_plugins"]
+
+
+def test_the_api_imports_nothing_of_the_engine():
+    code = (f"import importlib, sys\n"
+            f"for m in {API!r}: importlib.import_module(m)\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in ('harness', "
+            f"'harness_plugins') and any(m == e or m.startswith(e + '.') for e in {ENGINE!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]", out
+
+
+def test_the_public_api_is_versioned_and_exported():
+    assert harness.__api_version__ == "1.0"
+    for name in ("Params", "Field", "DatasetSpec", "ModelSpec", "stable_seed", "Reporter",
+                 "RunView", "Context", "Attack", "AttackResult", "check_target"):
+        assert name in harness.__all__ and hasattr(harness, name)
+
+
+class Step(Attack):
+    """Moves every pixel by ``size`` along the sign of the loss gradient."""
+
+    class Params(Params):
+        size: float = Field(0.1, gt=0, le=1, description="step size")
+
+    seed_name = "step"
+
+    def run(self, model, x, y, ctx):
+        x_req = x.clone().requires_grad_(True)
+        loss = nn.functional.cross_entropy(model(x_req), y)
+        (grad,) = torch.autograd.grad(loss, x_req)
+        x_adv = (x + self.size * grad.sign()).clamp(0, 1).detach()
+        with torch.no_grad():
+            pred = model(x_adv).argmax(1)
+        return AttackResult(x_adv=x_adv, success=pred != y)
+
+
+def test_declared_params_check_python_construction_and_suites_alike():
+    assert Step(size=0.2).size == 0.2 and repr(Step(size=0.2)) == "Step(size=0.2)"
+    with pytest.raises(ParamError, match="size=2 is invalid for attack Step"):
+        Step(size=2)
+    with pytest.raises(ParamError, match="size=True is invalid"):
+        Step(size=True)                                   # strict: true is not a number
+    plugin = types_module(Step)
+    reg = make_registry(plugin)
+    built = reg.build("attack", "step", {"size": 0.3})
+    assert built.params() == {"size": 0.3} and built.name == "step"
+    with pytest.raises(ParamError, match="attack 'step'.*did you mean 'size'"):
+        reg.build("attack", "step", {"sise": 0.3})
+
+
+def test_the_registered_name_does_not_change_seeds_or_cache_keys():
+    class Plugin:
+        @harness.hookimpl
+        def register_attacks(self, register):
+            register("step", Step)
+            register("alias", Step)
+
+    reg = make_registry(Plugin())
+    a, b = reg.build("attack", "step", {}), reg.build("attack", "alias", {})
+    assert (a.name, b.name) == ("step", "alias")          # each instance its own name
+    assert a.seed_key == b.seed_key == "step" and a.config_key() == b.config_key()
+    assert Step.__dict__.get("name", "") == ""            # the class is not written to
+
+
+def types_module(cls):
+    import types
+
+    module = types.ModuleType("step_plugin")
+    module.register_attacks = harness.hookimpl(lambda register: register("step", cls))
+    return module
+
+
+def test_make_registry_takes_an_installed_package_again():
+    import harness_example
+
+    reg = make_registry(harness_example)                  # installed and passed: once
+    assert "fgsm" in reg.names("attack") and not reg.broken and not reg.conflicts
+
+
+def test_check_attack_returns_its_inputs_with_the_result():
+    check = check_attack(Step(size=0.2))
+    assert check.x.shape == (64, 1, 8, 8) and check.y.shape == (64,)
+    assert torch.equal(check.x_adv, check.result.x_adv)   # reads through to the result
+    assert check.model.name == "tiny"
+
+
+def test_testing_helpers_need_no_builtin_plugins():
+    code = ("import sys\nfrom harness.testing import tiny_data, tiny_model\n"
+            "d = tiny_data(10); m = tiny_model()\n"
+            "print(len(d), m.predict(d.x).shape[0], "
+            "any(k.startswith('harness_plugins') for k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["10", "10", "False"]
+
+
+def test_context_data_dir_seeds_cache_and_datasets(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path / "data"))
+    ctx = Context(seed=3, cache_dir=tmp_path / "cache")
+    assert ctx.data_dir == tmp_path / "data"              # as the README promises
+    with ctx.seeded("init", "a"):
+        first = nn.Linear(4, 2).weight.clone()
+    with ctx.seeded("init", "a"):
+        again = nn.Linear(4, 2).weight.clone()
+    with ctx.seeded("init", "b"):
+        other = nn.Linear(4, 2).weight.clone()
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    path = ctx.write_cache(ctx.cache_path("models", "x.bin"), b"weights")
+    assert path.read_bytes() == b"weights" and not list(path.parent.glob(".*tmp"))
+    calls = []
+
+    def loader(use, params, c):
+        calls.append((use, params))
+        return tiny_data(5)
+
+    ctx = Context(loader=loader)
+    assert len(ctx.dataset("anything", split="x")) == 5
+    ctx.dataset("anything", split="x")
+    assert calls == [("anything", {"split": "x"})]          # loaded once per run
+
+
+def test_a_package_needing_a_newer_api_is_left_out_with_a_line(tmp_path, monkeypatch):
+    (tmp_path / "future_plugins.py").write_text(
+        "HARNESS_API = '1.9'\nfrom harness import hookimpl\n")
+    info = tmp_path / "future_plugins-2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: future-plugins\nVersion: 2.0\n")
+    (info / "entry_points.txt").write_text("[harness]\nfuture = future_plugins\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (line,) = [b.line() for b in make_registry().broken]
+    assert "needs plugin API 1.9; this harness has 1.0" in line
+    assert line.endswith("HARNESS_BLOCK_PLUGINS=future")
+    monkeypatch.setenv("HARNESS_ONLY_PLUGINS", "example")  # an allow-list leaves it out too
+    assert not make_registry().broken
