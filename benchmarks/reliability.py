@@ -156,6 +156,9 @@ def kills(args: argparse.Namespace, work: Path) -> None:
                 if proc.returncode == -sig:  # the signal's own action: no handler installed
                     tally["at_exit" if done == cases else "at_start"] += 1
                 tally["exit_ok"] += proc.returncode == EXPECTED_CODE[name]
+                if proc.returncode not in (EXPECTED_CODE[name], -sig):
+                    print(f"  SIG{name} trial {trial}: exit {proc.returncode}; stderr ends: "
+                          + " | ".join(err.strip().splitlines()[-3:]))
                 if summary.is_file():
                     tally["marked"] += json.loads(summary.read_text())["verdict"].startswith(
                         "INTERRUPTED")
