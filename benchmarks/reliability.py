@@ -153,9 +153,15 @@ def kills(args: argparse.Namespace, work: Path) -> None:
             tally["before_first_case"] += done == 0
             had_folder = folder.is_dir()
             if name in EXPECTED_CODE:
-                if proc.returncode == -sig:  # the signal's own action: no handler installed
-                    tally["at_exit" if done == cases else "at_start"] += 1
+                ended = done == cases and json.loads(summary.read_text())["exit_code"] == 0
+                if proc.returncode == -sig and not ended:  # no handler yet: Python starts
+                    tally["at_start"] += 1
+                elif ended and proc.returncode in (0, -sig):  # the run had ended: its report
+                    tally["at_exit"] += 1                     # was cut short, or Python exited
                 tally["exit_ok"] += proc.returncode == EXPECTED_CODE[name]
+                if proc.returncode not in (EXPECTED_CODE[name], -sig, 0):
+                    print(f"  SIG{name} trial {trial}: exit {proc.returncode}; stderr ends: "
+                          + " | ".join(err.strip().splitlines()[-3:]))
                 if summary.is_file():
                     tally["marked"] += json.loads(summary.read_text())["verdict"].startswith(
                         "INTERRUPTED")
@@ -189,9 +195,10 @@ def kills(args: argparse.Namespace, work: Path) -> None:
         if name in EXPECTED_CODE:
             stopped = t["trials"] - t["at_start"] - t["at_exit"]
             line += (f"; ended by the signal's own action (a shell sees exit "
-                     f"{EXPECTED_CODE[name]} too): {t['at_start']} while Python started, before "
-                     f"the harness handles signals, and {t['at_exit']} while it shut down after "
-                     f"the run was saved whole; of the other {stopped}: exit "
+                     f"{EXPECTED_CODE[name]} too) {t['at_start']} while Python started, before "
+                     f"the harness handles signals; {t['at_exit']} after the run had ended whole "
+                     f"(exit 0, or the signal's action while Python shut down); of the other "
+                     f"{stopped}: exit "
                      f"{EXPECTED_CODE[name]} in {t['exit_ok']}, summary INTERRUPTED in "
                      f"{t['marked']}, resume command printed in {t['hint']}")
         print(line)

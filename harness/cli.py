@@ -40,17 +40,37 @@ def _tqdm_progress(desc: str, total: int | None = None, unit: str = "it") -> Ite
         bar.close()
 
 
+def _import_in_progress() -> bool:
+    """Whether a module is being imported right now (its spec says it is initializing)."""
+    for module in list(sys.modules.values()):
+        try:
+            spec = vars(module).get("__spec__")
+        except TypeError:  # an object without __dict__ standing in for a module
+            continue
+        if spec is not None and getattr(spec, "_initializing", False):
+            return True
+    return False
+
+
 class _StopSignals:
     """SIGINT and SIGTERM while a run or a merge works: the first raises
     :class:`~harness.errors.Interrupted` in the main thread (the runner saves what finished
     and marks the run interrupted); later ones, and any once :meth:`defer` was called (the
-    run is saved), are only noted, so that saving and reporting finish."""
+    run is saved), are only noted, so that saving and reporting finish.
+
+    A signal that arrives while a module is being imported waits until the import is done
+    (looked at again every 50 ms): an import cut short leaves compiled extensions (pandas,
+    torch) half-initialized, and importing them again fails or crashes the process."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    RETRY_S = 0.05
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.raised = False
         self.deferred = False
+        self._retrying = False
+        self._lock = threading.Lock()
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopSignals":
@@ -60,14 +80,31 @@ class _StopSignals:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+        with self._lock:  # a pending retry does nothing from now on
+            self.deferred = True
+            for sig, old in self._old.items():
+                signal.signal(sig, old)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is None and not self.deferred:
-            self.received = signum
-            raise Interrupted(signum)
         self.received = self.received or signum
+        if self.raised or self.deferred:
+            return
+        if _import_in_progress():
+            if not self._retrying:
+                self._retrying = True
+                timer = threading.Timer(self.RETRY_S, self._again)
+                timer.daemon = True
+                timer.start()
+            return
+        self.raised = True
+        raise Interrupted(self.received)
+
+    def _again(self) -> None:
+        """(In a timer thread) deliver the pending signal again, to look at the imports."""
+        with self._lock:
+            self._retrying = False
+            if not (self.raised or self.deferred) and self.received is not None:
+                os.kill(os.getpid(), self.received)
 
     def defer(self) -> None:
         self.deferred = True

@@ -133,6 +133,26 @@ def test_a_stop_signal_before_the_run_starts_keeps_its_exit_code(write_suite, mo
     assert capsys.readouterr().err.strip().splitlines()[-1] == word
 
 
+def test_a_stop_signal_waits_for_an_import_in_progress(tmp_path, env, write_suite):
+    """A signal during an import is delivered when the import is done: an import cut short
+    leaves compiled extensions half-initialized (importing pandas again then fails, or the
+    process crashes), and the run could not be saved or reported."""
+    suite = write_suite(SUITE.replace('"tiny_models:sleepy", input_shape: [1, 8, 8], '
+                                      'num_classes: 10',
+                                      '"tiny_models:slow_import", input_shape: [1, 8, 8]'))
+    marker = tmp_path / "imported"
+    env = dict(env, SLOW_IMPORT_DONE=str(marker))
+    child = Harness(["run", suite, "--out", tmp_path / "run"], env)
+    child.wait_for("model slow: loading")
+    time.sleep(0.5)  # inside the 3-second import
+    child.proc.send_signal(signal.SIGTERM)
+    code, err = child.finish()
+    assert code == 143, err
+    assert marker.read_text() == "done"  # the import finished before the run stopped
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["verdict"].startswith("INTERRUPTED by SIGTERM")
+
+
 def test_a_kill_before_the_first_case_finished_resumes(tmp_path, env, uninterrupted,
                                                        monkeypatch):
     suite, whole = uninterrupted(SLOW_FIRST)

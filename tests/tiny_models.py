@@ -117,3 +117,21 @@ def dies_once(marker: str, in_features: int = 64) -> nn.Module:
             fh.write(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
     return digits_template() if in_features == 64 else linear(in_features)
+
+
+def slow_import(seconds: float = 3.0) -> nn.Module:
+    """The nearest-mean classifier, from a module whose import takes ``seconds`` (and writes
+    ``$SLOW_IMPORT_DONE`` when it completes): a stop signal during an import must wait for it."""
+    import importlib
+    import os
+    import sys
+    import tempfile
+
+    folder = tempfile.mkdtemp()
+    with open(os.path.join(folder, "slow_import_module.py"), "w") as fh:
+        fh.write("import os, time\n"
+                 f"time.sleep({seconds})\n"
+                 "open(os.environ['SLOW_IMPORT_DONE'], 'w').write('done')\n")
+    sys.path.insert(0, folder)
+    importlib.import_module("slow_import_module")
+    return digits_template()
