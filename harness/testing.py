@@ -1,25 +1,22 @@
 """Helpers and pytest fixtures for testing plugins against the harness.
 
-In a plugin package's ``conftest.py``::
-
-    pytest_plugins = ["harness.testing"]
-
-then use the fixtures ``harness_registry``, ``tiny_model``, ``tiny_data`` and ``run_suite``, or
-call the ``check_*`` functions, which assert the contracts the harness relies on.
+The fixtures ``harness_registry``, ``tiny_model``, ``tiny_data`` and ``run_suite`` are
+available in every pytest session where the harness is installed (it registers this module
+as a pytest plugin, entry point ``pytest11``); the ``check_*`` functions assert the contracts
+the harness relies on. The helpers make their own tiny data (scikit-learn's digits) and use
+no built-in plugin.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Iterator
-
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
-import torch
-from torch import nn
+
+from ._lazy import torch
 
 from .analysis import Analysis, AnalysisResult
 from .attack import BOX_TOL, Attack, AttackResult
@@ -65,6 +62,8 @@ def tiny_model(device: str | torch.device = "cpu") -> Model:
     train = tiny_data(None, "train")
     x = train.x.flatten(1)
     means = torch.stack([x[train.y == k].mean(0) for k in range(10)])
+    from torch import nn
+
     module = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     with torch.no_grad():
         module[1].weight.copy_(means)
@@ -220,7 +219,7 @@ def run_suite_text(text: str, folder: Path, registry: Registry | None = None,
 # ------------------------------------------------------------------------------ fixtures
 
 @pytest.fixture
-def harness_registry() -> Registry:
+def harness_registry() -> "Registry":
     """A registry with every installed plugin, from a fresh plugin manager."""
     return make_registry()
 

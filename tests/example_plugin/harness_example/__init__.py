@@ -15,28 +15,32 @@ and any suite can use them by name.
 from __future__ import annotations
 
 import io
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from harness import (Analysis, AnalysisResult, Attack, AttackResult, Context, Data,
-                     DatasetPlugin, Evaluation, Metric, Model, ModelError, ModelPlugin,
-                     ParamError, hookimpl)
+                     DatasetPlugin, DatasetSpec, Evaluation, Field, Metric, Model, ModelError,
+                     ModelPlugin, Params, hookimpl)
+
+#: the plugin API this package is written for (the harness refuses it, in one line, if it
+#: provides an older one)
+HARNESS_API = "1.0"
 
 
 class Stripes(DatasetPlugin):
     """Synthetic images of horizontal (label 0) or vertical (label 1) stripes with noise."""
 
-    def __init__(self, *, n: int = 200, size: int = 8, noise: float = 0.1, seed: int = 0):
-        if n < 1:
-            raise ParamError("n", "n must be at least 1")
-        if size < 2:
-            raise ParamError("size", "size must be at least 2")
-        if not 0 <= noise <= 1:
-            raise ParamError("noise", "noise must lie in [0, 1]")
-        self.n, self.size, self.noise, self.seed = n, size, noise, seed
+    class Params(Params):
+        n: int = Field(200, ge=1, description="number of images")
+        size: int = Field(8, ge=2, description="image height and width")
+        noise: float = Field(0.1, ge=0, le=1, description="standard deviation of the noise")
+        seed: int = Field(0, description="seed of the images and labels")
+
+    def num_classes_hint(self) -> int:
+        return 2
 
     def load(self, ctx: Context) -> Data:
         gen = torch.Generator().manual_seed(self.seed)
@@ -50,14 +54,12 @@ class Stripes(DatasetPlugin):
 class NearestMean(ModelPlugin):
     """Nearest class mean on flattened pixels, fitted on a dataset plugin's data (``train``)."""
 
-    def __init__(self, *, train: dict[str, Any]):
-        if "use" not in train:
-            raise ParamError("train", "train needs 'use' naming a dataset plugin")
-        self.train = train
+    class Params(Params):
+        train: DatasetSpec = Field(description="the dataset to fit on ({use: ..., ...})")
 
     def load(self, ctx: Context) -> Model:
         spec = dict(self.train)
-        data = ctx.dataset(spec.pop("use"), **spec)
+        data = ctx.dataset(spec.pop("use"), **spec).materialize()
         x = data.x.flatten(1)
         means = torch.stack([x[data.y == k].mean(0) if (data.y == k).any()
                              else torch.zeros(x.shape[1]) for k in range(data.num_classes)])
@@ -76,14 +78,10 @@ class FGSM(Attack):
 
     sweep = "eps"
 
-    def __init__(self, *, eps: float | list[float] = 0.1, batch_size: int = 1024):
-        for value in eps if isinstance(eps, list) else [eps]:
-            if not 0 <= value <= 1:
-                raise ParamError("eps", f"eps must lie in [0, 1], not {value}")
-        if batch_size < 1:
-            raise ParamError("batch_size", "batch_size must be at least 1")
-        self.eps = eps
-        self.batch_size = batch_size
+    class Params(Params):
+        eps: Annotated[float, Field(ge=0, le=1)] | list[Annotated[float, Field(ge=0, le=1)]] \
+            = Field(0.1, description="step size (a list: one run per value)")
+        batch_size: int = Field(1024, ge=1, description="images attacked together")
 
     def run(self, model, x, y, ctx) -> AttackResult:
         x_req = x.clone().requires_grad_(True)
@@ -103,7 +101,7 @@ class AdvConfidence(Metric):
     """Mean softmax probability the model gives its own prediction on the attacked inputs."""
 
     description = "mean top-class probability on the attacked inputs"
-    needs_attack = True
+    needs_attack = True   # it looks at the images: computed on each chunk of images
 
     def compute(self, ev: Evaluation) -> float | None:
         if ev.result is None:
@@ -120,11 +118,9 @@ class InputGradient(Analysis):
 
     needs_data = True
 
-    def __init__(self, *, norm: Literal["l2", "linf"] = "l2", batch_size: int = 256):
-        if batch_size < 1:
-            raise ParamError("batch_size", "batch_size must be at least 1")
-        self.norm = norm
-        self.batch_size = batch_size
+    class Params(Params):
+        norm: Literal["l2", "linf"] = Field("l2", description="the perturbation's norm")
+        batch_size: int = Field(256, ge=1, description="images per gradient computation")
 
     def run(self, model: Model, data: Data | None, ctx: Context) -> AnalysisResult:
         if not model.differentiable:
