@@ -219,11 +219,12 @@ class Attack(Plugin):
                     with blame(self, f"attacking model {model.name!r}"):
                         res = self.run(model, xb, yb, bctx)
                 except PluginCrash as exc:
-                    if not isinstance(exc.original, out_of_memory()) or bs <= 1:
+                    if not isinstance(exc.original, out_of_memory()) or len(xb) <= 1:
                         raise
-                    # the batch did not fit in the device's memory: retry it at half the size,
-                    # and keep that size for the rest of the run (reported with the results)
-                    bs = max(1, bs // 2)
+                    # the batch did not fit in the device's memory: retry it at half the size
+                    # it had (not of a batch_size beyond the images left), and keep that size
+                    # for the rest of the run (reported with the results)
+                    bs = max(1, len(xb) // 2)
                     self.effective_batch_size = bs
                     k -= 1
                     if xb.is_cuda:
