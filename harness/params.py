@@ -103,12 +103,12 @@ def validate_params(model: type[BaseModel], values: dict[str, Any], label: str,
     keys = keys or {}
     to_field = {keys.get(f, f): f for f in model.model_fields}
     for key in values:
-        if key not in to_field:
+        if key not in to_field and key not in model.model_fields:   # class, or class_
             close = difflib.get_close_matches(str(key), list(to_field), n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             hint += f"{label} takes: {', '.join(to_field) or 'no parameters'}"
             raise ParamError(str(key), f"unknown parameter {key!r} for {label}", hint=hint)
-    data = {to_field[k]: v for k, v in values.items()}
+    data = {to_field.get(k, k): v for k, v in values.items()}
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:

@@ -20,15 +20,19 @@ be checked rather than eyeballed.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Iterator, Sequence, Union
 
-import torch
-import torch.nn.functional as F
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Tag
 
-from harness import Analysis, AnalysisResult, Context, Data, Model, ParamError, hookimpl
+import harness
+from harness import Analysis, AnalysisResult, Context, Data, Field, Model, ParamError, hookimpl
+
+if TYPE_CHECKING:
+    import torch
 
 #: how many random k-image sets estimate the chance level of each number
 CHANCE_SETS = 256
@@ -95,6 +99,8 @@ def _running_top(scores: torch.Tensor | None, index: torch.Tensor | None,
                  keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge the scores of a batch (``[b, columns]``, images ``start...``) into the best
     ``keep`` so far of each column; returns scores and image indices, best first."""
+    import torch
+
     batch_index = torch.arange(start, start + len(batch), device=batch.device)
     batch_index = batch_index.unsqueeze(1).expand_as(batch)
     if scores is not None:
@@ -104,10 +110,39 @@ def _running_top(scores: torch.Tensor | None, index: torch.Tensor | None,
     return best, batch_index.gather(0, pos)
 
 
-def _check_count(param: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ParamError(param, f"{param} must be an integer >= {minimum}, not {value!r}")
-    return int(value)
+def _no_grad(fn: Callable) -> Callable:
+    """``fn`` run under ``torch.no_grad()`` (torch imported when it is called)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _layer_path(value: Any) -> Any:
+    """A layer given as a number (``layer: 8``) as its module path, ``"8"``."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _distinct(units: list[int]) -> list[int]:
+    if len(set(units)) != len(units):
+        raise ValueError(f"lists an index twice: {units}")
+    return units
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+#: how many coordinates to probe (drawn at random), or the list of their indices
+_Units = Annotated[
+    Union[Annotated[int, Field(ge=1), Tag("count")],
+          Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_as_list),
+                    Field(min_length=1), AfterValidator(_distinct), Tag("list")]],
+    Discriminator(lambda v: "list" if isinstance(v, (list, tuple)) else "count")]
 
 
 class UnitProbe(Analysis):
@@ -126,27 +161,20 @@ class UnitProbe(Analysis):
     needs_data: ClassVar[bool] = True
     needs_module: ClassVar[bool] = True
 
-    def __init__(self, *, layer: str | int, units: int | list[int] = 8, directions: int = 8,
-                 top: int = 8, batch_size: int = 1000):
-        if isinstance(layer, bool) or not isinstance(layer, (str, int)) or str(layer) == "":
-            raise ParamError("layer", f"layer must name a module path such as '3' or "
-                                      f"'features.10', not {layer!r}")
-        self.layer = str(layer)
-        if isinstance(units, (list, tuple)):
-            if not units:
-                raise ParamError("units", "units is an empty list",
-                                 hint="give a count, or at least one unit index")
-            for u in units:
-                if isinstance(u, bool) or not isinstance(u, int) or u < 0:
-                    raise ParamError("units", f"unit indices must be integers >= 0, not {u!r}")
-            if len(set(units)) != len(units):
-                raise ParamError("units", f"units lists an index twice: {list(units)}")
-            self.units: int | list[int] = [int(u) for u in units]
-        else:
-            self.units = _check_count("units", units)
-        self.directions = _check_count("directions", directions)
-        self.top = _check_count("top", top, minimum=2)
-        self.batch_size = _check_count("batch_size", batch_size)
+    seed_name = "unit-probe"
+
+    class Params(harness.Params):
+        layer: Annotated[str, BeforeValidator(_layer_path)] = Field(
+            min_length=1, description="the module path whose flattened output is phi(x), such "
+                                      "as 8 or features.10")
+        units: _Units = Field(8, description="how many coordinates of phi to probe, drawn at "
+                                             "random among the live ones, or a list of their "
+                                             "indices")
+        directions: int = Field(8, ge=1, description="how many random unit-norm directions to "
+                                                     "probe")
+        top: int = Field(8, ge=2, description="the k images shown and measured per unit or "
+                                              "direction")
+        batch_size: int = Field(1000, ge=1, description="images per forward pass")
 
     # ------------------------------------------------------------------------- the work
 
@@ -159,11 +187,13 @@ class UnitProbe(Analysis):
                 yield model.features(self.layer, xb).float()
                 bar.update(len(xb))
 
-    @torch.no_grad()
+    @_no_grad
     def scan(self, model: Model, x: torch.Tensor, ctx: Context) -> _Scan:
         """One pass over ``x``: the range of every coordinate of phi, and the running top
         k + 1 images of every coordinate and of every random direction. Memory grows with
         the layer's width and k, not with the number of images."""
+        import torch
+
         model.layer(self.layer)  # a clear error naming the layers, before any work
         batches = self.features(model, x, ctx, f"unit-probe: layer {self.layer}")
         first = next(batches)
@@ -187,6 +217,8 @@ class UnitProbe(Analysis):
     def pick_units(self, live: torch.Tensor, ctx: Context) -> tuple[list[int], list[int], int]:
         """The probed coordinates, the explicitly given ones among them that are dead, and
         how many coordinates are live (``live``: a bool mask over the coordinates)."""
+        import torch
+
         width = len(live)
         live_idx = live.nonzero().flatten().cpu()
         n_live = len(live_idx)
@@ -202,19 +234,24 @@ class UnitProbe(Analysis):
                                       f"{self.layer!r} has live ones ({n_live} of {width} vary "
                                       f"over the data)", hint="ask for fewer units")
         order = torch.randperm(n_live, device="cpu",
-                               generator=ctx.generator("unit-probe", "units", self.layer))
+                               generator=ctx.generator(self.seed_key, "units", self.layer))
         return sorted(live_idx[order[:self.units]].tolist()), [], n_live
 
     def random_directions(self, width: int, ctx: Context, device: torch.device) -> torch.Tensor:
         """``[directions, width]`` unit vectors, uniform on the sphere (drawn on the CPU)."""
+        import torch
+        import torch.nn.functional as F
+
         v = torch.randn(self.directions, width, device="cpu",
-                        generator=ctx.generator("unit-probe", "directions", self.layer))
+                        generator=ctx.generator(self.seed_key, "directions", self.layer))
         return F.normalize(v, dim=1).to(device)
 
-    @torch.no_grad()
+    @_no_grad
     def probe(self, model: Model, data: Data, ctx: Context) -> ProbeSets:
         """The top-k image sets of every probed unit and random direction, with their
         numbers (tensors on the model's device), and the chance level of each number."""
+        import torch
+
         n, k = len(data), self.top
         if n < k:
             raise ParamError("top", f"top={k} is more than the {n} images of the data")
@@ -231,7 +268,7 @@ class UnitProbe(Analysis):
 
         chance_idx = torch.multinomial(
             torch.ones(CHANCE_SETS, n, device="cpu"), k, replacement=False,
-            generator=ctx.generator("unit-probe", "chance", self.layer)).to(device)
+            generator=ctx.generator(self.seed_key, "chance", self.layer)).to(device)
         # phi again, for the few images the numbers need
         needed = torch.unique(torch.cat([idx.flatten(), chance_idx.flatten()]))
         phi = torch.cat(list(self.features(model, data.x[needed.cpu()], ctx,
@@ -321,6 +358,8 @@ class UnitProbe(Analysis):
 
 def label_purity(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Per row of ``labels`` ``[rows, k]``: the share of its most common label."""
+    import torch.nn.functional as F
+
     counts = F.one_hot(labels, num_classes).sum(1)
     return counts.amax(1).float() / labels.shape[1]
 
@@ -328,6 +367,8 @@ def label_purity(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 def mean_pairwise_cosine(feats: torch.Tensor) -> torch.Tensor:
     """Per set of ``feats`` ``[sets, k, D]``: the mean cosine similarity over its
     ``k (k - 1) / 2`` pairs (a zero vector counts as similarity 0 to anything)."""
+    import torch.nn.functional as F
+
     unit = F.normalize(feats.float(), dim=2)
     gram = unit @ unit.transpose(1, 2)
     k = feats.shape[1]
@@ -376,6 +417,8 @@ def reading(metric: str, summary: dict[tuple[str, str], tuple[float, float, int]
 def _mosaic(images: torch.Tensor, pad: int = 2, background: float = 0.55) -> torch.Tensor:
     """``images`` ``[rows, k, C, H, W]`` in [0, 1] -> one ``[rows*(H+pad)-pad,
     k*(W+pad)-pad, C]`` array, images separated by ``pad`` pixels of ``background``."""
+    import torch
+
     rows, k, c, h, w = images.shape
     out = torch.full((rows * (h + pad) - pad, k * (w + pad) - pad, c), background,
                      dtype=images.dtype, device=images.device)

@@ -40,13 +40,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence, Union
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from pydantic import AfterValidator, BeforeValidator
 
-from harness import Analysis, AnalysisResult, Context, Data, Model, ModelError, ParamError, hookimpl
+import harness
+from harness import Analysis, AnalysisResult, Context, Data, Field, Model, ModelError, \
+    ParamError, hookimpl
+
+from ..params import Shape
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 #: largest smaller side of a weight matrix whose singular values are computed directly;
 #: larger ones go through the certified Lanczos route of :func:`linear_norm`
@@ -56,31 +62,30 @@ FOURIER_BLOCK = 1 << 22
 #: autograd nodes that only move or reshape values (norm-preserving) between two layers
 PASS_THROUGH = {"View", "UnsafeView", "ReshapeAlias", "Clone", "Permute", "Transpose", "T",
                 "Squeeze", "Unsqueeze", "Alias", "ToCopy", "Flatten", "Unflatten"}
-PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+#: torch-heavy names of this module, defined in :mod:`.spectral_layers` and imported on
+#: first use (so that building the plugin imports no torch): the paper's contrast
+#: normalization and the layer types each rule applies to
+_LAYER_NAMES = ("ContrastNorm", "POINTWISE_ONE", "DISCONTINUOUS", "RESHAPE", "MAXPOOL",
+                "AVGPOOL", "BATCHNORM", "KNOWN_TYPES")
 
 
-# ------------------------------------------------------------------ the paper's own layers
+def __getattr__(name: str) -> Any:
+    if name in _LAYER_NAMES:
+        from . import spectral_layers
 
-class ContrastNorm(nn.Module):
-    """The paper's contrast normalization ``x / (eps + ||x||^2)^gamma``, the norm taken over
-    ``dim`` (the channels of each position by default)."""
+        return getattr(spectral_layers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def __init__(self, eps: float = 1.0, gamma: float = 0.5, dim: int = 1):
-        super().__init__()
-        if eps <= 0:
-            raise ValueError("eps must be > 0")
-        self.eps, self.gamma, self.dim = float(eps), float(gamma), int(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x / (self.eps + x.pow(2).sum(self.dim, keepdim=True)).pow(self.gamma)
+def _float64() -> "torch.dtype":
+    import torch
 
-    def extra_repr(self) -> str:
-        return f"eps={self.eps}, gamma={self.gamma}, dim={self.dim}"
+    return torch.float64
 
 
 # ------------------------------------------------------------------ linear layers
 
-def linear_norm(weight: torch.Tensor, dtype: torch.dtype = torch.float64,
+def linear_norm(weight: torch.Tensor, dtype: torch.dtype | None = None,
                 steps: int = 300, seed: int = 0) -> float:
     """The largest singular value of ``weight`` (any ``[out, in]`` matrix).
 
@@ -91,8 +96,12 @@ def linear_norm(weight: torch.Tensor, dtype: torch.dtype = torch.float64,
     only if every eigenvalue of ``G`` is below ``mu``, for ``mu = theta (1 + delta)`` with
     ``delta`` as small as succeeds (from 100 units in the last place, times 10 per
     failure), plus the rounding error of the factorization. The result is ``sqrt(mu)``: an
-    upper bound within a relative ``delta / 2`` of the exact value.
+    upper bound within a relative ``delta / 2`` of the exact value. ``dtype``: float64 by
+    default.
     """
+    import torch
+
+    dtype = dtype or torch.float64
     a = weight.detach().to(dtype).flatten(1)
     if a.shape[0] > a.shape[1]:
         a = a.T
@@ -120,6 +129,8 @@ def linear_norm(weight: torch.Tensor, dtype: torch.dtype = torch.float64,
 def _gram(a: torch.Tensor, blocks: int = 4) -> torch.Tensor:
     """``a @ a.T``, computing only the blocks on and below the diagonal (about 5/8 of the
     products) and mirroring the rest."""
+    import torch
+
     m = a.shape[0]
     size = -(-m // blocks)
     gram = torch.empty(m, m, dtype=a.dtype, device=a.device)
@@ -135,6 +146,8 @@ def _gram(a: torch.Tensor, blocks: int = 4) -> torch.Tensor:
 def _lanczos_top(g: torch.Tensor, steps: int, seed: int) -> float:
     """The largest Ritz value of symmetric ``g`` after up to ``steps`` Lanczos steps with
     full reorthogonalization (a lower estimate of its largest eigenvalue)."""
+    import torch
+
     n = g.shape[0]
     steps = min(steps, n)
     gen = torch.Generator().manual_seed(seed)
@@ -186,6 +199,8 @@ class ConvBound:
 def _dft(n: int, stride: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``E[xi, l, a] = exp(-2 pi i a (xi + l n/stride) / n)``: the DFT of ``k`` taps on ``n``
     points at the ``stride`` aliased frequencies of each of the ``n/stride`` reduced ones."""
+    import torch
+
     m = n // stride
     freq = torch.arange(stride, device=device).view(1, stride) * m + torch.arange(m, device=device).view(m, 1)
     phase = (freq.unsqueeze(-1) * torch.arange(k, device=device)) % n
@@ -194,7 +209,7 @@ def _dft(n: int, stride: int, k: int, dtype: torch.dtype, device: torch.device) 
 
 
 def circular_conv_norm(weight: torch.Tensor, grid: Sequence[int], stride: Sequence[int],
-                       groups: int = 1, dtype: torch.dtype = torch.float64) -> float:
+                       groups: int = 1, dtype: torch.dtype | None = None) -> float:
     """The exact L2 operator norm of the circular convolution (cross-correlation) with
     ``weight`` ``[D, C/groups, kh, kw]`` and ``stride`` on a ``grid`` ``(N_h, N_w)`` (each a
     multiple of its stride), ``y[d, i, j] = sum w[d, c, a, b] x[c, (s_h i + a) % N_h,
@@ -206,6 +221,10 @@ def circular_conv_norm(weight: torch.Tensor, grid: Sequence[int], stride: Sequen
     DFT there; with the DFT normalizations this gives ``norm = max_xi sigma_max(A(xi)) /
     sqrt(s_h s_w)``. Groups make the operator block-diagonal over groups: the largest norm.
     """
+    import torch
+
+    dtype = dtype or torch.float64
+
     d, cg, kh, kw = weight.shape
     (nh, nw), (sh, sw) = grid, stride
     if nh % sh or nw % sw:
@@ -250,6 +269,8 @@ def top_eigenvalue_bound(gram: torch.Tensor, *, floor: float = 0.0, iters: int =
     matrix, and as tight. A relative margin for the rounding of the factorization,
     ``2 (n + 1)`` units in the last place, is added.
     """
+    import torch
+
     b, n, _ = gram.shape
     real = torch.float64 if gram.dtype in (torch.float64, torch.complex128) else torch.float32
     gen = torch.Generator().manual_seed(0)
@@ -278,6 +299,9 @@ def top_eigenvalue_bound(gram: torch.Tensor, *, floor: float = 0.0, iters: int =
 def _copies(size: int, pad: tuple[int, int], mode: str) -> int:
     """The largest number of times one input index appears after padding one axis of
     ``size`` by ``pad`` in ``mode`` (reflect, replicate, circular)."""
+    import torch
+    import torch.nn.functional as F
+
     index = torch.arange(size, dtype=torch.float64, device="cpu").view(1, 1, size)
     padded = F.pad(index, pad, mode=mode).round().long().flatten()
     return int(torch.bincount(padded, minlength=size).max())
@@ -286,7 +310,7 @@ def _copies(size: int, pad: tuple[int, int], mode: str) -> int:
 def conv_bound(weight: torch.Tensor, in_size: Sequence[int], out_size: Sequence[int],
                stride: Sequence[int], pads: Sequence[tuple[int, int]], *, groups: int = 1,
                dilation: Sequence[int] | None = None, padding_mode: str = "zeros",
-               dtype: torch.dtype = torch.float64) -> ConvBound:
+               dtype: torch.dtype | None = None) -> ConvBound:
     """An upper bound on the L2 norm of a convolution layer, by the paper's Fourier method.
 
     ``weight`` ``[D, C/groups, *kernel]`` with one or two spatial axes; ``in_size`` and
@@ -310,6 +334,10 @@ def conv_bound(weight: torch.Tensor, in_size: Sequence[int], out_size: Sequence[
       padding map has norm ``sqrt(prod of the largest copy count per axis)``, and the
       convolution of the padded input is bounded as in the zeros case without padding.
     """
+    import torch
+
+    dtype = dtype or torch.float64
+
     nd = weight.dim() - 2
     if nd not in (1, 2):
         raise ValueError("only 1-d and 2-d convolutions are supported")
@@ -401,6 +429,10 @@ def _avg_axis_matrix(size: int, out: int, layer: nn.Module, axis: int, nd: int,
     each 2-d window by the product of its per-axis extents (or by ``divisor_override``), so
     the 2-d operator is the Kronecker product of the axes' matrices; this runs the pooling
     with the layer's settings on that axis only, over the identity."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
     eye = torch.eye(size, dtype=dtype, device="cpu")
     if isinstance(layer, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
         res = F.adaptive_avg_pool1d(eye.view(size, 1, size), out)
@@ -469,6 +501,8 @@ class Trace:
 
 def is_known(module: nn.Module) -> bool:
     """Whether :func:`bound_layer` has a rule for this module's type."""
+    from .spectral_layers import KNOWN_TYPES
+
     return isinstance(module, KNOWN_TYPES) or _is_normalize(module)
 
 
@@ -512,6 +546,8 @@ def _chain(node: Any, target: Any) -> str:
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
+    import torch
+
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
@@ -524,6 +560,8 @@ def trace_layers(module: nn.Module, input_shape: Sequence[int],
     """Run ``module`` on one zero input of shape ``[1, *input_shape]`` with hooks on its
     layers (see :func:`_atoms`), and check on the autograd graph that it is their
     sequential composition."""
+    import torch
+
     atoms = _atoms(module)
     calls: list[LayerCall] = []
     pending: dict[int, tuple[tuple[int, ...], Any]] = {}
@@ -643,26 +681,14 @@ NOTES = {
     "normalize": "Input normalization (x - mean) / std: 1 / min |std|.",
 }
 
-POINTWISE_ONE = (nn.ReLU, nn.ReLU6, nn.Tanh, nn.Hardtanh, nn.Softplus, nn.Softsign, nn.CELU,
-                 nn.Softshrink, nn.Tanhshrink)
-#: elementwise functions that jump, so have no Lipschitz constant (Threshold only when its
-#: replacement value differs from its threshold)
-DISCONTINUOUS = (nn.Hardshrink, nn.Threshold)
-RESHAPE = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-           nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
-MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
-AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-KNOWN_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU,
-               nn.Sigmoid, nn.Hardsigmoid, nn.GELU, nn.SiLU, nn.Hardswish, nn.Softmax,
-               nn.LocalResponseNorm, ContrastNorm) + POINTWISE_ONE + DISCONTINUOUS + RESHAPE \
-    + MAXPOOL + AVGPOOL + BATCHNORM
 #: largest slopes: GELU (exact erf form) 1.12880 at x = sqrt 2, SiLU 1.09984, rounded up
 GELU_SLOPE, SILU_SLOPE = 1.129, 1.1
 
 
 def _is_normalize(module: nn.Module) -> bool:
     """The torch model plugin's ``(x - mean) / std`` wrapper."""
+    import torch
+
     return type(module).__name__ == "Normalize" and isinstance(getattr(module, "std", None), torch.Tensor)
 
 
@@ -670,8 +696,14 @@ def _unknown(reason: str) -> LayerBound:
     return LayerBound(None, "unknown", reason=reason)
 
 
-def bound_layer(call: LayerCall, dtype: torch.dtype = torch.float64) -> LayerBound:
-    """The upper Lipschitz bound of one applied layer (see :data:`NOTES`)."""
+def bound_layer(call: LayerCall, dtype: torch.dtype | None = None) -> LayerBound:
+    """The upper Lipschitz bound of one applied layer (see :data:`NOTES`), in ``dtype``
+    (float64 by default)."""
+    from torch import nn
+
+    from .spectral_layers import BATCHNORM, MAXPOOL, RESHAPE, AVGPOOL, ContrastNorm
+
+    dtype = dtype or _float64()
     mod = call.module
     name = type(mod).__name__
     if getattr(mod, "training", False) and isinstance(mod, RESHAPE + BATCHNORM):
@@ -730,6 +762,8 @@ def bound_layer(call: LayerCall, dtype: torch.dtype = torch.float64) -> LayerBou
 
 def _jump(mod: nn.Module) -> str:
     """Where an elementwise function jumps (so has no Lipschitz constant), or ""."""
+    from torch import nn
+
     if isinstance(mod, nn.Hardshrink) and mod.lambd > 0:
         return f"it jumps by {mod.lambd:g} at +-{mod.lambd:g}"
     if isinstance(mod, nn.Threshold) and mod.value != mod.threshold:
@@ -739,6 +773,10 @@ def _jump(mod: nn.Module) -> str:
 
 def _slope(mod: nn.Module) -> float | None:
     """The largest slope of an elementwise activation, or None."""
+    from torch import nn
+
+    from .spectral_layers import DISCONTINUOUS, POINTWISE_ONE
+
     if isinstance(mod, POINTWISE_ONE):
         return 1.0
     if isinstance(mod, DISCONTINUOUS):  # without a jump: Hardshrink(0) and Threshold(t, t)
@@ -765,6 +803,11 @@ def _slope(mod: nn.Module) -> float | None:
 
 
 def _pool_bound(call: LayerCall, dtype: torch.dtype) -> LayerBound:
+    import torch
+    from torch import nn
+
+    from .spectral_layers import MAXPOOL
+
     mod = call.module
     nd = 2 if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d,
                                nn.AdaptiveAvgPool2d)) else 1
@@ -797,6 +840,19 @@ def _pool_bound(call: LayerCall, dtype: torch.dtype) -> LayerBound:
 
 # ------------------------------------------------------------------ the analysis
 
+def _distinct_paths(paths: list[str]) -> list[str]:
+    if any(not p.strip() for p in paths):
+        raise ValueError("holds an empty path")
+    if len(set(paths)) != len(paths):
+        raise ValueError("names a path twice")
+    return paths
+
+
+#: module paths, such as ``features.0``: a non-empty list, each named once
+_Paths = Annotated[list[str], BeforeValidator(lambda v: list(v) if isinstance(v, tuple) else v),
+                   Field(min_length=1), AfterValidator(_distinct_paths)]
+
+
 class SpectralBounds(Analysis):
     """Upper Lipschitz bounds (L2) of every layer of a torch model and of the network, as
     the paper's Table 5. Results: ``upper_bound`` per ``layer=<module path>`` and for
@@ -814,32 +870,17 @@ class SpectralBounds(Analysis):
     needs_data = False
     needs_module = True
 
-    def __init__(self, *, input_shape: list[int] | None = None, layers: list[str] | None = None,
-                 precision: Literal["float64", "float32"] = "float64", details: bool = True):
-        if input_shape is not None:
-            if isinstance(input_shape, (str, bytes)) or len(input_shape) == 0 \
-                    or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in input_shape):
-                raise ParamError("input_shape", f"input_shape {input_shape!r} is not a shape: "
-                                 "give positive integers, without the batch dimension")
-            input_shape = [int(s) for s in input_shape]
-        if layers is not None:
-            if isinstance(layers, (str, bytes)) or len(layers) == 0:
-                raise ParamError("layers", "layers must be a non-empty list of module paths "
-                                 "(such as features.0); leave it out for every layer")
-            if any(not isinstance(p, str) or not p.strip() for p in layers):
-                raise ParamError("layers", f"layers {layers!r} holds an empty or non-string path")
-            if len(set(layers)) != len(layers):
-                raise ParamError("layers", f"layers {layers!r} names a path twice")
-            layers = list(layers)
-        if precision not in PRECISIONS:
-            raise ParamError("precision", f"precision must be one of {sorted(PRECISIONS)}, "
-                             f"not {precision!r}")
-        if not isinstance(details, bool):
-            raise ParamError("details", "details must be true or false")
-        self.input_shape = input_shape
-        self.layers = layers
-        self.precision = precision
-        self.details = details
+    class Params(harness.Params):
+        input_shape: Union[Shape, None] = Field(
+            None, description="the shape of one input, without the batch dimension, that "
+                              "sets the size every layer sees (default: the model's)")
+        layers: Union[_Paths, None] = Field(
+            None, description="report only these module paths (and what is under them); the "
+                              "network bound still runs over every layer")
+        precision: Literal["float64", "float32"] = Field(
+            "float64", description="the precision of the linear algebra")
+        details: bool = Field(True, description="also record each layer's sizes (channels, "
+                                                "kernel, stride, Fourier grid, features)")
 
     def _reported(self, call: LayerCall) -> bool:
         if self.layers is None:
@@ -864,8 +905,10 @@ class SpectralBounds(Analysis):
 
     def bounds(self, model: Model) -> tuple[Trace, list[LayerBound]]:
         """The traced layers and the bound of each, in the order applied."""
+        import torch
+
         trace = self.trace(model)
-        dtype = PRECISIONS[self.precision]
+        dtype = getattr(torch, self.precision)
         with torch.no_grad():
             return trace, [bound_layer(call, dtype) for call in trace.calls]
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union
 
-import torch
+import harness
+from harness import Attack, AttackResult, Context, Field, Model, ModelError, ParamError, \
+    choose_targets
 
-from harness import (Attack, AttackResult, Context, Model, ModelError, ParamError,
-                     check_target, choose_targets)
+from ..params import Real, Target, auto_or
 
-from .lbfgsb import MAX_ITER, NOT_FINITE, BoxLBFGS
+if TYPE_CHECKING:
+    import torch
 
 #: relative room above round-off a kept point's margin must have (see ``LBFGS._safe``)
 SAFE_MARGIN = 1e-5
@@ -31,21 +33,28 @@ TANGENT_STEPS = 8
 TANGENT_RTOL = 1e-4
 
 
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-            or not math.isfinite(value):
-        raise ParamError(name, f"{name} must be a positive number, not {value!r}")
-    return value
-
-
-def _count(name: str, value: int, least: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ParamError(name, f"{name} must be an integer >= {least}, not {value!r}")
-    return value
-
-
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    import torch
+
     return torch.linalg.vecdot(a, b)
+
+
+#: a positive finite number
+_Positive = Annotated[Real, Field(gt=0)]
+
+
+def _check_target_fits(target: str | int, targeted: bool, num_classes: int) -> None:
+    """A targeted attack's ``target`` against the data's class count (``check_data``)."""
+    if not targeted:
+        return
+    if num_classes < 2:
+        raise ParamError("targeted", f"a targeted attack needs at least 2 classes, and the "
+                                     f"data has {num_classes}", hint="write targeted: false")
+    if isinstance(target, int) and target >= num_classes:
+        raise ParamError("target", f"target {target} is not a class of the data, which has "
+                                   f"{num_classes} classes (labels 0 to {num_classes - 1})",
+                         hint="give a label below "
+                              f"{num_classes}, or next, random or least-likely")
 
 
 class LBFGS(Attack):
@@ -165,41 +174,48 @@ class LBFGS(Attack):
                        "or the model's logits before the saturation",
     }
 
-    def __init__(self, *, target: str | int = "next", targeted: bool = True,
-                 batch_size: int | str = "auto", initial_const: float | str = "auto",
-                 const_factor: float = 3.0, search_steps: int = 10,
-                 const_rtol: float = 0.05, max_iter: int = 100, history: int = 5,
-                 grad_rtol: float = 1e-2, progress_rtol: float = 1e-2,
-                 refine_steps: int = 8, polish_steps: int = 3,
-                 gtol: float | None = None, ftol: float | None = None):
-        self.target = check_target(target)
-        if not isinstance(targeted, bool):
-            raise ParamError("targeted", f"targeted must be true or false, not {targeted!r}")
-        self.targeted = targeted
-        self.batch_size = batch_size if batch_size == "auto" \
-            else _count("batch_size", batch_size, 1)
-        self.initial_const = initial_const if initial_const == "auto" \
-            else _positive("initial_const", initial_const)
-        self.const_factor = _positive("const_factor", const_factor)
-        if not self.const_factor > 1:
-            raise ParamError("const_factor", f"const_factor must be > 1, not {const_factor!r}")
-        self.search_steps = _count("search_steps", search_steps, 1)
-        self.const_rtol = _positive("const_rtol", const_rtol)
-        self.max_iter = _count("max_iter", max_iter, 1)
-        self.history = _count("history", history, 1)
-        self.grad_rtol = _positive("grad_rtol", grad_rtol)
-        self.progress_rtol = _positive("progress_rtol", progress_rtol)
-        self.refine_steps = _count("refine_steps", refine_steps, 0)
-        self.polish_steps = _count("polish_steps", polish_steps, 0)
-        for name, value, instead in (("gtol", gtol, "grad_rtol"),
-                                     ("ftol", ftol, "progress_rtol")):
-            if value is not None:
-                _positive(name, value)
+    class Params(harness.Params):
+        target: Target = "next"
+        targeted: bool = Field(True, description="false: any label but the true one (target "
+                                                 "is then unused)")
+        batch_size: auto_or(Annotated[int, Field(ge=1)]) = Field(
+            "auto", description="images attacked together (auto: about 2 million input "
+                                "values, at most 1000)")
+        initial_const: auto_or(_Positive) = Field(
+            "auto", description="the first c (auto: per image, from the model's loss and "
+                                "gradient at the image)")
+        const_factor: Real = Field(3.0, gt=1, description="growth and shrink factor of c "
+                                                          "until the goal is bracketed")
+        search_steps: int = Field(10, ge=1, description="most values of c tried per image")
+        const_rtol: _Positive = Field(0.05, description="an image stops once c_fail / "
+                                                        "c_success <= 1 + const_rtol")
+        max_iter: int = Field(100, ge=1, description="L-BFGS iterations per value of c")
+        history: int = Field(5, ge=1, description="(s, y) pairs kept per image by L-BFGS")
+        grad_rtol: _Positive = Field(1e-2, description="a solve stops when the gradient on "
+                                                       "the free pixels falls below this "
+                                                       "fraction of its size at the image")
+        progress_rtol: _Positive = Field(1e-2, description="... or when a step lowers the "
+                                                           "objective by less than this "
+                                                           "fraction of the decrease so far")
+        refine_steps: int = Field(8, ge=0, description="most forward passes of the final "
+                                                       "shortening along the ray (0: none)")
+        polish_steps: int = Field(3, ge=0, description="steps along the decision boundary "
+                                                       "(0: none, the plain method)")
+        gtol: Union[_Positive, None] = Field(None, description="deprecated: write grad_rtol "
+                                                               "instead")
+        ftol: Union[_Positive, None] = Field(None, description="deprecated: write "
+                                                               "progress_rtol instead")
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        for name, instead in (("gtol", "grad_rtol"), ("ftol", "progress_rtol")):
+            if getattr(self, name) is not None:
                 warnings.warn(f"lbfgs: {name} is deprecated (its stopping rule depends on the "
                               f"model's scale); write {instead} instead", FutureWarning,
                               stacklevel=2)
-        self.gtol = gtol
-        self.ftol = ftol
+
+    def check_data(self, num_classes: int) -> None:
+        _check_target_fits(self.target, self.targeted, num_classes)
 
     # ------------------------------------------------------------------ batching
     def auto_batch_size(self, model: Model) -> int:
@@ -215,6 +231,8 @@ class LBFGS(Attack):
     # ------------------------------------------------------------------ helpers
     def _loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """Per-image cross-entropy: of ``label`` (targeted), of "not ``label``" (untargeted)."""
+        import torch
+
         lse = torch.logsumexp(logits, 1)
         if self.targeted:
             return lse - logits.gather(1, label[:, None]).squeeze(1)
@@ -254,6 +272,8 @@ class LBFGS(Attack):
     def _probe(self, model: Model, z: torch.Tensor, label: torch.Tensor,
                shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
         """Margins and their safety thresholds at the flat points ``z``; a forward pass."""
+        import torch
+
         with torch.no_grad():
             logits = model(z.view(-1, *shape))
             return self._margin(logits, label), self._threshold(logits)
@@ -267,6 +287,8 @@ class LBFGS(Attack):
         (Illinois) shrink each bracket, rows stopping once it is narrower than ``ROOT_RTOL``
         (relative to ``|a_hi|``, or absolute below 1). Returns the success end ``a_hi`` and its
         ``g``; ``count`` (per row) is raised by the passes."""
+        import torch
+
         side = torch.zeros_like(a_lo)      # +1 / -1: which end the last cut replaced
         for _ in range(steps):
             todo = (a_hi - a_lo).abs() > ROOT_RTOL * a_hi.abs().clamp_min(1.0)
@@ -303,6 +325,8 @@ class LBFGS(Attack):
         linear (each pixel grows as ``lam n_j^2`` until it saturates), so Newton's method from
         ``lam = 0`` climbs to the root from below, exactly on the last linear piece. Where
         even full saturation falls short, ``q`` is the saturated point."""
+        import torch
+
         n2 = n * n
         lam = torch.zeros_like(beta)
         q = torch.zeros_like(n)
@@ -332,6 +356,8 @@ class LBFGS(Attack):
         from ``q`` to that point (or to ``r``, where it is no success) enters the goal and
         move that point along its ray from ``x0`` back to the boundary; keep it where it is
         shorter than ``r``. Returns the new ``r`` and its ``g``."""
+        import torch
+
         # linearize a little inside the goal, along the ray (the step then reaches further)
         inner = torch.clamp(x0 + (1 + POLISH_INSIDE) * r, 0.0, 1.0)
         z = inner.requires_grad_(True)
@@ -368,6 +394,10 @@ class LBFGS(Attack):
 
     # ------------------------------------------------------------------ the attack
     def run(self, model: Model, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> AttackResult:
+        import torch
+
+        from .lbfgsb import NOT_FINITE, BoxLBFGS
+
         if not model.differentiable:
             raise ModelError(f"attack lbfgs needs gradients, but model {model.name!r} is not "
                              "differentiable", hint="use a gradient-free attack for this model")
@@ -542,6 +572,8 @@ class LBFGS(Attack):
         lowers the loss as the gradient predicts: a step a tenth of the way to the linearized
         tie, which should lower the loss by about a tenth of ``drop``; one gradient and one
         forward pass."""
+        import torch
+
         z = x0.clone().requires_grad_(True)
         with torch.enable_grad():
             loss = self._loss(model(z.view(-1, *shape)), label)
@@ -558,6 +590,10 @@ class LBFGS(Attack):
     def _failures(success: torch.Tensor, no_grad: torch.Tensor, not_finite: torch.Tensor,
                   misled: torch.Tensor, last_status: torch.Tensor) -> list[str]:
         """Per image, why it failed ("" where it succeeded); see ``failure_advice``."""
+        import torch
+
+        from .lbfgsb import MAX_ITER
+
         codes = torch.full_like(last_status, 4)
         codes = torch.where(last_status == MAX_ITER, 3, codes)
         codes = torch.where(misled, 2, codes)

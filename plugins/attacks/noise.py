@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Annotated
 
-from harness import Attack, AttackResult, Context, Model, ParamError
+import harness
+from harness import Attack, AttackResult, Context, Field, Model
+
+from ..params import Real, one_or_many
+
+if TYPE_CHECKING:
+    import torch
 
 
 class GaussianNoise(Attack):
@@ -28,21 +34,20 @@ class GaussianNoise(Attack):
     #: model happens to misclassify)
     distortion_over = "all"
 
-    def __init__(self, *, stddev: float | list[float] = 0.1, clip: bool = True):
-        values = stddev if isinstance(stddev, list) else [stddev]
-        if not values:
-            raise ParamError("stddev", "stddev is an empty list")
-        for v in values:
-            if not v >= 0:
-                raise ParamError("stddev", f"stddev must be >= 0, not {v}")
-        self.stddev = stddev
-        self.clip = clip
+    class Params(harness.Params):
+        stddev: one_or_many(Annotated[Real, Field(ge=0)]) = Field(
+            0.1, description="the noise's standard deviation per pixel, in [0, 1] pixel units; "
+                             "a list gives a row of results per value")
+        clip: bool = Field(True, description="clip the noisy images to [0, 1] (false: the "
+                                             "distortion is exactly stddev, as in the paper)")
 
     @property
     def stays_in_box(self) -> bool:
         return self.clip
 
     def run(self, model: Model, x: torch.Tensor, y: torch.Tensor, ctx: Context) -> AttackResult:
+        import torch
+
         if isinstance(self.stddev, list):
             raise ValueError("run one stddev at a time (see Attack.variants)")
         gen = ctx.generator(self.seed_key, float(self.stddev), tuple(x.shape))

@@ -6,22 +6,17 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Union
 
-import torch
+import harness
+from harness import Context, Data, DataError, DatasetPlugin, Field, hookimpl
 
-from harness import Context, Data, DataError, DatasetPlugin, ParamError, hookimpl
+from ..params import Limit
 
 DATA_ENV = "HARNESS_DATA_DIR"
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def _check_limit(limit: int | None) -> int | None:
-    if limit is not None and limit < 1:
-        raise ParamError("limit", f"limit must be at least 1, not {limit}")
-    return limit
 
 
 def data_roots(root: str | None, ctx: Context) -> list[Path]:
@@ -100,12 +95,19 @@ class MNIST(DatasetPlugin):
     allows.
     """
 
-    def __init__(self, *, split: Literal["train", "test", "p1", "p2"] = "test",
-                 limit: int | None = None, root: str | None = None, download: bool = True):
-        self.split = split
-        self.limit = _check_limit(limit)
-        self.root = root
-        self.download = download
+    class Params(harness.Params):
+        split: Literal["train", "test", "p1", "p2"] = Field(
+            "test", description="train (60,000 images), test (10,000), or the paper's halves "
+                                "of the training set, p1 and p2 (30,000 each)")
+        limit: Limit = None
+        root: Union[str, None] = Field(None, description="a folder holding the four MNIST "
+                                                         "files (default: --data-dir, "
+                                                         "$HARNESS_DATA_DIR, the cache)")
+        download: bool = Field(True, description="download the files into the cache when "
+                                                 "they are nowhere to be found")
+
+    def num_classes_hint(self) -> int:
+        return 10
 
     def _torchvision_root(self, ctx: Context) -> tuple[Path, bool]:
         """The root to hand torchvision, and whether the files were found locally."""
@@ -177,12 +179,17 @@ class Digits(DatasetPlugin):
     360 that are), ``all``. Pixels scaled from 0..16 to [0, 1].
     """
 
-    def __init__(self, *, split: Literal["train", "test", "all"] = "test",
-                 limit: int | None = None):
-        self.split = split
-        self.limit = _check_limit(limit)
+    class Params(harness.Params):
+        split: Literal["train", "test", "all"] = Field(
+            "test", description="train (the 1,437 images whose index is not a multiple of "
+                                "5), test (the other 360) or all")
+        limit: Limit = None
+
+    def num_classes_hint(self) -> int:
+        return 10
 
     def load(self, ctx: Context) -> Data:
+        import torch
         from sklearn.datasets import load_digits
 
         bunch = load_digits()

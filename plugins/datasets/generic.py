@@ -35,11 +35,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, Literal, Sequence, Union
 
-from harness import Context, DataError, DatasetPlugin, ParamError, StreamedData
-from harness.context import stable_seed
+from pydantic import field_validator, model_validator
 
+import harness
+from harness import (Context, DataError, DatasetPlugin, Field, ParamError, StreamedData,
+                     stable_seed)
+
+from ..params import Classes, Limit, NonBlank, Offset, Real, Sha256, Shape, Transform, Workers
 from . import transforms as T
 
 #: torchvision.datasets classes known without importing torchvision (a newer torchvision's
@@ -59,19 +63,18 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
                     ".ppm", ".pgm", ".pbm")
 #: images whose bytes enter a torchvision dataset's fingerprint
 FINGERPRINT_SAMPLES = 8
+#: the number of classes of the torchvision.datasets classes whose label set is fixed
+#: (whatever their split or arguments), so that ``harness validate`` can check class labels
+#: in a suite against it without reading the data
+TORCHVISION_NUM_CLASSES = {
+    "MNIST": 10, "FashionMNIST": 10, "KMNIST": 10, "QMNIST": 10, "USPS": 10, "SEMEION": 10,
+    "CIFAR10": 10, "CIFAR100": 100, "SVHN": 10, "STL10": 10, "ImageNet": 1000,
+    "Imagenette": 10, "EuroSAT": 10, "GTSRB": 43, "DTD": 47, "FER2013": 7, "Food101": 101,
+    "Flowers102": 102, "Country211": 211, "StanfordCars": 196, "SUN397": 397, "PCAM": 2,
+}
 
 
 # ---------------------------------------------------------------------------- shared
-
-def _check_slice(offset: Any, limit: Any, workers: Any) -> None:
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ParamError("offset", f"offset must be a whole number >= 0, not {offset!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                              or limit < 1):
-        raise ParamError("limit", f"limit must be at least 1, not {limit!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ParamError("workers", f"workers must be a whole number >= 0, not {workers!r}")
-
 
 def _digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
@@ -159,19 +162,18 @@ def read_classes(value: Any, param: str = "classes") -> tuple[dict[str, int], li
 
 
 class _StreamedPlugin(DatasetPlugin):
-    """The parameters every streamed dataset shares: ``offset``, ``limit``, ``workers``,
-    ``transform``."""
+    """The parameters every streamed dataset shares (``offset``, ``limit``, ``workers`` and
+    ``transform``: each subclass's ``Params`` declares them with the types of
+    :mod:`harness_plugins.params`), and the stream built from them."""
 
     offset: int
     limit: int | None
     workers: int
     transform: Any
 
-    def _common(self, offset: int, limit: int | None, workers: int, transform: Any) -> None:
-        _check_slice(offset, limit, workers)
-        self.offset, self.limit, self.workers = offset, limit, workers
-        self.transform = transform
-        self._steps = T.parse(transform)
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        self._steps = T.parse(self.transform)
 
     def _stream(self, dataset: Any, *, name: str, num_classes: int, fingerprint: str,
                 classes: list[str] | None, input_shape: Sequence[int] | None = None,
@@ -194,9 +196,9 @@ class _SyntheticImages:
     on every machine, in any order, in any worker."""
 
     def __init__(self, shape: Sequence[int], num_classes: int, size: int, seed: int,
-                 transform: T.Transform | None):
+                 transform: T.Transform | None, key: str = "synthetic"):
         self.shape, self.num_classes, self.size, self.seed = tuple(shape), num_classes, size, seed
-        self.transform = transform
+        self.transform, self.key = transform, key
 
     def __len__(self) -> int:
         return self.size
@@ -206,7 +208,7 @@ class _SyntheticImages:
 
         if not 0 <= i < self.size:
             raise IndexError(i)
-        gen = torch.Generator().manual_seed(stable_seed(self.seed, "synthetic", i))
+        gen = torch.Generator().manual_seed(stable_seed(self.seed, self.key, i))
         y = int(torch.randint(self.num_classes, (1,), generator=gen, device="cpu"))
         x = torch.rand(self.shape, generator=gen, device="cpu")
         return (self.transform(x) if self.transform else x), y
@@ -217,24 +219,38 @@ class Synthetic(_StreamedPlugin):
     random labels: ``size`` images, each drawn from ``seed`` (default: the run's) and its
     index; for smoke tests and benchmarks."""
 
-    def __init__(self, *, shape: list[int] | None = None, num_classes: int = 10, size: int = 1000, seed: int | None = None, offset: int = 0,
-                 limit: int | None = None, workers: int = 0, transform: Any = None):
-        shape = [3, 32, 32] if shape is None else list(shape)
-        if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
-                            for s in shape):
-            raise ParamError("shape", f"shape {shape!r} is not a shape (e.g. [3, 224, 224])")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ParamError("num_classes", f"num_classes must be positive, not {num_classes!r}")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ParamError("size", f"size must be positive, not {size!r}")
-        self.shape, self.num_classes, self.size, self.seed = shape, num_classes, size, seed
-        self._common(offset, limit, workers, transform)
-        self._out_shape = T.output_shape(self._steps, shape, what="the synthetic images")
+    seed_name = "synthetic"
+
+    class Params(harness.Params):
+        shape: Shape = Field([3, 32, 32], description="the shape of one image, e.g. "
+                                                      "[3, 224, 224]")
+        num_classes: int = Field(10, ge=1, description="the number of classes (labels drawn "
+                                                       "uniformly)")
+        size: int = Field(1000, ge=1, description="the number of images")
+        seed: Union[int, None] = Field(None, description="the seed the images are drawn "
+                                                         "from (default: the run's)")
+        offset: Offset = 0
+        limit: Limit = None
+        workers: Workers = 0
+        transform: Transform = None
+
+        @field_validator("shape", mode="before")
+        @classmethod
+        def _default_shape(cls, value: Any) -> Any:
+            return [3, 32, 32] if value is None else value   # null: the default shape
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        self._out_shape = T.output_shape(self._steps, self.shape, what="the synthetic images")
+
+    def num_classes_hint(self) -> int:
+        return self.num_classes
 
     def load(self, ctx: Context) -> StreamedData:
         seed = ctx.seed if self.seed is None else self.seed
         transform = T.Transform(self._steps, "synthetic image") if self._steps else None
-        images = _SyntheticImages(self.shape, self.num_classes, self.size, seed, transform)
+        images = _SyntheticImages(self.shape, self.num_classes, self.size, seed, transform,
+                                  self.seed_key)
         fp = _digest("synthetic", 1, self.shape, self.num_classes, self.size, seed,
                      T.describe(self._steps))
         return self._stream(images, name="synthetic", num_classes=self.num_classes,
@@ -285,24 +301,34 @@ class ImageFolder(_StreamedPlugin):
     """A folder of class sub-folders of images (torchvision's ImageFolder layout), labels
     from ``classes`` (a list, a mapping or a file; default: the sorted folder names)."""
 
-    def __init__(self, *, root: str, classes: list[str] | dict[str, int] | str | None = None,
-                 num_classes: int | None = None, extensions: list[str] | None = None,
-                 color: Literal["rgb", "gray"] = "rgb",
-                 order: Literal["interleaved", "sorted"] = "interleaved",
-                 offset: int = 0, limit: int | None = None, workers: int = 0,
-                 transform: Any = None):
-        folder = _check_folder("root", root, "image folder")
-        self.root = root
-        self.classes = classes
-        if color not in ("rgb", "gray"):
-            raise ParamError("color", f"color must be rgb or gray, not {color!r}")
-        if order not in ("interleaved", "sorted"):
-            raise ParamError("order", f"order must be interleaved or sorted, not {order!r}")
-        self.color, self.order = color, order
-        exts = extensions if extensions is not None else IMAGE_EXTENSIONS
-        self.extensions = extensions
+    class Params(harness.Params):
+        root: str = Field(description="the folder holding one sub-folder of images per class")
+        classes: Classes = Field(None, description="the class-index mapping: a list of names "
+                                                   "(index = position), {name: index}, or a "
+                                                   "JSON or text file (default: the sorted "
+                                                   "folder names)")
+        num_classes: Union[int, None] = Field(None, ge=1, description="the number of classes, "
+                                                                      "when the model has more "
+                                                                      "than the folder")
+        extensions: Union[list[str], None] = Field(None, description="the image file "
+                                                                     "extensions read (default: "
+                                                                     "the usual ones)")
+        color: Literal["rgb", "gray"] = Field("rgb", description="images read as RGB or as "
+                                                                 "gray levels")
+        order: Literal["interleaved", "sorted"] = Field(
+            "interleaved", description="interleaved: the classes take turns, so that any "
+                                       "first N images spread over them; sorted: class by class")
+        offset: Offset = 0
+        limit: Limit = None
+        workers: Workers = 0
+        transform: Transform = None
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        folder = _check_folder("root", self.root, "image folder")
+        exts = self.extensions if self.extensions is not None else IMAGE_EXTENSIONS
         self._exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in exts)
-        self._common(offset, limit, workers, transform)
+        classes, num_classes = self.classes, self.num_classes
         subfolders = sorted(e.name for e in os.scandir(folder)
                             if e.is_dir() and not e.name.startswith("."))
         if not subfolders:
@@ -326,12 +352,14 @@ class ImageFolder(_StreamedPlugin):
         if num_classes is not None and num_classes < size:
             raise ParamError("num_classes", f"num_classes {num_classes} is less than the "
                                             f"class list's {size} indices")
-        self.num_classes = num_classes
         self._subfolders = subfolders
         shape = T.fixed_size(self._steps)
         if shape is not None:
             channels = 3 if self.color == "rgb" else 1
             T.output_shape(self._steps, (channels, *shape), what="the images")
+
+    def num_classes_hint(self) -> int:
+        return self.num_classes or len(self._names)
 
     def _list(self) -> list[tuple[str, int, int]]:
         """``(relative path, label, size in bytes)`` of every image, by class then path."""
@@ -541,37 +569,47 @@ class Tensors(_StreamedPlugin):
     """Images and labels from a ``.safetensors``, ``.npy``, ``.pt`` or ``.npz`` file
     (``images``/``labels`` name the arrays; found by their usual names otherwise)."""
 
-    def __init__(self, *, path: str, images: str | None = None, labels: str | None = None,
-                 layout: Literal["auto", "NCHW", "NHWC"] = "auto", scale: float | None = None,
-                 num_classes: int | None = None,
-                 classes: list[str] | dict[str, int] | str | None = None,
-                 sha256: str | None = None, offset: int = 0, limit: int | None = None,
-                 workers: int = 0, transform: Any = None):
-        from harness_plugins.models.files import check_sha256
+    class Params(harness.Params):
+        path: str = Field(description="the .safetensors, .npy, .pt or .npz file")
+        images: Union[str, None] = Field(None, description="the array of images (default: "
+                                                           "found by its usual names, such "
+                                                           "as images or x)")
+        labels: Union[str, None] = Field(None, description="the array of labels (default: "
+                                                           "found by its usual names); for a "
+                                                           ".npy file, the .npy file of labels")
+        layout: Literal["auto", "NCHW", "NHWC"] = Field(
+            "auto", description="how 4-d image arrays are laid out (auto: guessed from "
+                                "where the 1, 3 or 4 channels are)")
+        scale: Union[Real, None] = Field(None, gt=0, description="the images are divided by "
+                                                                 "it (255 for 0..255 values; "
+                                                                 "uint8 images are by default)")
+        num_classes: Union[int, None] = Field(None, ge=1, description="the number of classes "
+                                                                      "(default: from classes, "
+                                                                      "else the labels)")
+        classes: Classes = Field(None, description="the class names: a list (index = "
+                                                   "position), {name: index}, or a file")
+        sha256: Sha256 = None
+        offset: Offset = 0
+        limit: Limit = None
+        workers: Workers = 0
+        transform: Transform = None
 
-        p = _check_file("path", path, "tensor file")
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        p = _check_file("path", self.path, "tensor file")
         suffix = p.suffix.lower()
         if suffix not in TENSOR_SUFFIXES:
             raise ParamError("path", f"{p.name}: unknown tensor file type {suffix or '(none)'}",
                              hint=f"use one of {', '.join(TENSOR_SUFFIXES)}")
-        self.path = path
         if suffix == ".npy":
-            if labels is None:
+            if self.labels is None:
                 raise ParamError("labels", "a .npy file holds one array (the images): give "
                                            "labels: the path of a .npy file of labels")
-            _check_file("labels", labels, "labels file")
-        self.images, self.labels = images, labels
-        if layout not in ("auto", "NCHW", "NHWC"):
-            raise ParamError("layout", f"layout must be auto, NCHW or NHWC, not {layout!r}")
-        self.layout = layout
-        if scale is not None and not scale > 0:
-            raise ParamError("scale", f"scale must be positive, not {scale!r}")
-        self.scale = float(scale) if scale is not None else None
-        self.num_classes = num_classes
-        self.classes = classes
-        self._names = read_classes(classes)[1] if classes is not None else None
-        self.sha256 = check_sha256(sha256)
-        self._common(offset, limit, workers, transform)
+            _check_file("labels", self.labels, "labels file")
+        self._names = read_classes(self.classes)[1] if self.classes is not None else None
+
+    def num_classes_hint(self) -> int | None:
+        return self.num_classes or (len(self._names) if self._names else None)
 
     def preflight(self, ctx: Context) -> None:
         from harness_plugins.models.files import verify_pin
@@ -724,14 +762,44 @@ class Torchvision(_StreamedPlugin):
     ``ImageNet``...), read from ``root``/``--data-dir``; downloaded only with ``download:
     true``."""
 
-    def __init__(self, *, class_: str, root: str | None = None, split: str | None = None,
-                 train: bool | None = None, download: bool = False,
-                 args: dict[str, Any] | None = None, num_classes: int | None = None,
-                 offset: int = 0, limit: int | None = None, workers: int = 0,
-                 transform: Any = None):
-        if not isinstance(class_, str) or not class_:
-            raise ParamError("class", f"class must name a torchvision.datasets class, not "
-                                      f"{class_!r}")
+    class Params(harness.Params):
+        class_: NonBlank = Field(description="the torchvision.datasets class, such as "
+                                             "FashionMNIST, CIFAR10 or ImageNet")
+        root: Union[str, None] = Field(None, description="the folder holding its files "
+                                                         "(default: --data-dir, "
+                                                         "$HARNESS_DATA_DIR, the cache)")
+        split: Union[str, None] = Field(None, description="the split, for the classes that "
+                                                          "take one (ImageNet: train or val)")
+        train: Union[bool, None] = Field(None, description="the training (true) or test "
+                                                           "(false) set, for the classes that "
+                                                           "take train")
+        download: bool = Field(False, description="let torchvision download the files into "
+                                                  "the cache when they are not found")
+        args: Union[dict[str, Any], None] = Field(None, description="other keyword arguments "
+                                                                    "of the class")
+        num_classes: Union[int, None] = Field(None, ge=1, description="the number of classes "
+                                                                      "(default: the "
+                                                                      "dataset's)")
+        offset: Offset = 0
+        limit: Limit = None
+        workers: Workers = 0
+        transform: Transform = None
+
+        @model_validator(mode="after")
+        def _split_or_train(self) -> "Torchvision.Params":
+            if self.split is not None and self.train is not None:
+                raise ParamError("train", "give split or train, not both",
+                                 hint=f"{self.class_} takes the one its torchvision class has")
+            for reserved in ("root", "transform", "target_transform", "download", "split",
+                             "train"):
+                if reserved in (self.args or {}):
+                    raise ParamError("args", f"give {reserved} as its own key, not in args")
+            self.args = self.args or None
+            return self
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        class_ = self.class_
         if class_ not in TORCHVISION_CLASSES:
             import torchvision.datasets as tvd
 
@@ -741,22 +809,13 @@ class Torchvision(_StreamedPlugin):
                 raise ParamError("class", f"torchvision.datasets has no class {class_!r}",
                                  hint=(f"did you mean {close[0]!r}? " if close else "")
                                  + "e.g. FashionMNIST, CIFAR10, ImageNet")
-        self.class_ = class_
-        if split is not None and train is not None:
-            raise ParamError("train", "give split or train, not both",
-                             hint=f"{class_} takes the one its torchvision class has")
-        self.root, self.split, self.train, self.download = root, split, train, download
-        args = dict(args or {})
-        for reserved in ("root", "transform", "target_transform", "download", "split", "train"):
-            if reserved in args:
-                raise ParamError("args", f"give {reserved} as its own key, not in args")
-        self.args = args or None
-        self.num_classes = num_classes
-        self._common(offset, limit, workers, transform)
         if class_ in MNIST_STYLE:
             T.output_shape(self._steps, (1, 28, 28), what=f"{class_}'s 28x28 images")
         elif class_ in ("CIFAR10", "CIFAR100", "SVHN"):
             T.output_shape(self._steps, (3, 32, 32), what=f"{class_}'s 32x32 images")
+
+    def num_classes_hint(self) -> int | None:
+        return self.num_classes or TORCHVISION_NUM_CLASSES.get(self.class_)
 
     # --------------------------------------------------------------- finding the files
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import torch
+from typing import TYPE_CHECKING, ClassVar
 
 from harness import Evaluation, Metric, hookimpl
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CleanError(Metric):
@@ -68,6 +69,8 @@ class _SuccessfulDistortion(Metric):
     field: ClassVar[str] = "distortion"
 
     def values(self, ev: Evaluation) -> torch.Tensor | None:
+        import torch
+
         if ev.result is None:
             return None
         values = getattr(ev.result, self.field).double()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-import torch
+import harness
+from harness import Evaluation, Field, Metric
 
-from harness import Evaluation, Metric, ParamError
+from ..params import Real, one_or_many
+
+if TYPE_CHECKING:
+    import torch
 
 NORMS = {"l2": "l2", "linf": "linf", "rms": "distortion"}
 
@@ -26,20 +30,17 @@ class RobustAccuracy(Metric):
     statistic = "rate"
     sweep: ClassVar[str] = "eps"
 
-    def __init__(self, *, eps: float | list[float] = 1.0,
-                 norm: Literal["l2", "linf", "rms"] = "l2"):
-        values = eps if isinstance(eps, list) else [eps]
-        if not values:
-            raise ParamError("eps", "eps is an empty list")
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-                raise ParamError("eps", f"eps must be a number >= 0, not {v!r}")
-        self.eps = [float(v) for v in values] if isinstance(eps, list) else float(eps)
-        if norm not in NORMS:
-            raise ParamError("norm", f"unknown norm {norm!r}", hint="use l2, linf or rms")
-        self.norm = norm
+    class Params(harness.Params):
+        eps: one_or_many(Annotated[Real, Field(ge=0)]) = Field(
+            1.0, description="the largest perturbation counted, in the norm; a list gives a "
+                             "row of results per value")
+        norm: Literal["l2", "linf", "rms"] = Field(
+            "l2", description="how a perturbation is measured: l2, linf, or rms (the paper's "
+                              "sqrt(sum r^2 / n))")
 
     def values(self, ev: Evaluation) -> torch.Tensor | None:
+        import torch
+
         if ev.result is None or ev.adv_pred is None:
             return None
         if isinstance(self.eps, list):

@@ -24,9 +24,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from harness import Context, Model, ModelError, ModelPlugin, ParamError
+from pydantic import model_validator
 
-from .files import one_line, check_file, check_mean_std, check_sha256, normalizer, verify_pin
+import harness
+from harness import Context, Field, Model, ModelError, ModelPlugin
+
+from ..params import InputShape, Mean, NumClasses, Sha256, Std, mean_std
+from .files import check_file, normalizer, one_line, verify_pin
 
 
 class DeployedModel(ModelPlugin):
@@ -35,19 +39,19 @@ class DeployedModel(ModelPlugin):
     #: how the file is described in messages
     what: ClassVar[str] = "model file"
 
-    def __init__(self, *, path: str, sha256: str | None = None,
-                 input_shape: list[int] | None = None, num_classes: int | None = None,
-                 mean: list[float] | str | None = None, std: list[float] | str | None = None):
-        self.path = check_file("path", path, self.what)
-        self.sha256 = check_sha256(sha256)
-        if input_shape is not None and (not input_shape or any(
-                isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in input_shape)):
-            raise ParamError("input_shape", f"input_shape {input_shape!r} is not a shape")
-        self.input_shape = list(input_shape) if input_shape is not None else None
-        if num_classes is not None and num_classes < 1:
-            raise ParamError("num_classes", f"num_classes must be positive, not {num_classes}")
-        self.num_classes = num_classes
-        self.mean, self.std = check_mean_std(mean, std)
+    class Params(harness.Params):
+        path: str = Field(description="the model file")
+        sha256: Sha256 = None
+        input_shape: InputShape = None
+        num_classes: NumClasses = None
+        mean: Mean = None
+        std: Std = None
+
+        _mean_std = model_validator(mode="after")(mean_std)
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        check_file("path", self.path, self.what)
 
     def preflight(self, ctx: Context) -> None:
         verify_pin(self.path, self.sha256)

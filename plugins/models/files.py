@@ -139,7 +139,7 @@ def normalizer(mean: Sequence[float] | None, std: Sequence[float] | None,
         raise ModelError(f"{len(mean)} mean/std values for {what}, whose inputs have "
                          f"{channels} channels (shape {list(input_shape)})",
                          hint="give one value per channel, or one for all")
-    from .torch_factory import Normalize
+    from .normalize import Normalize
 
     return Normalize(mean, std, len(input_shape) + 1)
 

@@ -51,36 +51,45 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Sequence, Union
 
-import torch
-from torch import nn
+from pydantic import model_validator
 
-from harness import Context, Data, Model, ModelError, ModelPlugin, ParamError
+import harness
+from harness import (Context, Data, DatasetSpec, Field, Model, ModelError, ModelPlugin,
+                     ParamError)
 
-from .training import (
-    ACTIVATIONS,
-    OPTIMIZERS,
-    TRAINING_VERSION,
-    AutoencoderSpec,
-    Schedule,
-    WeightCache,
-    batched,
-    check_choice,
-    check_hidden,
-    check_positive_float,
-    check_positive_int,
-    check_weight_decay,
-    check_widths,
-    conv_layers,
-    fit_autoencoder,
-    fit_classifier,
-    make_linear,
-    mlp_layers,
-    per_layer,
-)
+from ..params import Real, Widths, one_or_many
+from .schedule import Schedule
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .training import AutoencoderSpec
+
+#: names this module takes from :mod:`.training` (which imports torch) on first use, so that
+#: building a plugin imports no torch: ``paper_mnist.fit_classifier`` and the rest
+_FROM_TRAINING = ("ACTIVATIONS", "TRAINING_VERSION", "AutoencoderSpec", "WeightCache",
+                  "batched", "conv_layers", "fit_autoencoder", "fit_classifier", "make_linear",
+                  "mlp_layers", "per_layer")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_TRAINING:
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _trainer(name: str) -> Any:
+    """The training function ``name`` as this module has it: from :mod:`.training`, or
+    whatever replaced it here (to count or fake training runs)."""
+    return getattr(sys.modules[__name__], name)
 
 #: calibrated autoencoder schedule (Adam, cosine decay) for AE400-10
 AE_LR = 2e-2
@@ -93,6 +102,36 @@ CONV_LR = 3e-3
 CONV_MIN_STEPS = 500
 #: kernel size of the conv nets' convolutions
 CONV_KERNEL = 5
+
+# ---------------------------------------------------------------------------------------
+# parameters the trained models share
+
+Optimizer = Annotated[Literal["auto", "adam", "lbfgs"],
+                      Field(description="auto: L-BFGS when the classifier is convex (no hidden "
+                                        "or conv layers), else Adam")]
+Epochs = Annotated[Union[int, None],
+                   Field(ge=1, description="passes over the training set (L-BFGS: its "
+                                           "iterations); default: calibrated")]
+LearningRate = Annotated[Union[Real, None], Field(gt=0, description="the learning rate; "
+                                                                   "default: calibrated")]
+BatchSize = Annotated[int, Field(ge=1, description="images per Adam step")]
+WeightDecay = Annotated[one_or_many(Annotated[Real, Field(ge=0)]),
+                        Field(description="lambda of the penalty lambda/2 ||W||^2 on the mean "
+                                          "cross-entropy: one for every weight layer, or one "
+                                          "per layer (convolutions first)")]
+ConvWidths = Annotated[Widths, Field(description="channels of 5x5 convolutions in front, "
+                                                 "each followed by a ReLU and 2x2 max-pooling")]
+
+
+def _weight_decay_fits(params: Any) -> Any:
+    """A ``model_validator``: a list of lambdas has one per weight layer."""
+    layers = len(params.conv) + len(params.hidden) + 1
+    if isinstance(params.weight_decay, list) and len(params.weight_decay) != layers:
+        raise ParamError("weight_decay", f"weight_decay has {len(params.weight_decay)} values "
+                                         f"for {layers} weight layers",
+                         hint="give one lambda, or one per weight layer")
+    return params
+
 
 
 class TrainedClassifier(ModelPlugin):
@@ -138,9 +177,11 @@ class TrainedClassifier(ModelPlugin):
     def fit(self, module: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ctx: Context,
             label: str) -> dict[str, Any]:
         """Train ``module`` (already on ``x``'s device); return metadata for the cache."""
+        from .training import per_layer
+
         schedule = self.schedule(len(x))
         lambdas = per_layer(self.weight_decay, self.num_weight_layers())
-        result = fit_classifier(module, x, y, lambdas, schedule,
+        result = _trainer("fit_classifier")(module, x, y, lambdas, schedule,
                                 ctx.generator(self.seed_key, "shuffle", self.params_id()),
                                 ctx.progress, f"{label}: training")
         return {"loss": result.loss, "seconds": result.seconds}
@@ -169,6 +210,10 @@ class TrainedClassifier(ModelPlugin):
 
     def cache_key(self, ctx: Context, data: Data) -> str:
         """A hash of everything that decides the trained weights."""
+        import torch
+
+        from .training import TRAINING_VERSION
+
         return self.config_key({
             "seed": ctx.seed,
             "data": data.fingerprint(),
@@ -179,6 +224,10 @@ class TrainedClassifier(ModelPlugin):
         })
 
     def load(self, ctx: Context) -> Model:
+        import torch
+
+        from .training import WeightCache
+
         data = self.training_data(ctx).materialize()   # training reads the whole set
         device = torch.device(ctx.device)
         label = self.label(data)
@@ -195,14 +244,6 @@ class TrainedClassifier(ModelPlugin):
             cache.save(module, meta)
         return Model(module, input_shape=data.input_shape, num_classes=data.num_classes,
                      device=device, name=label)
-
-
-def _check_common(*, optimizer: str, epochs: int | None, lr: float | None,
-                  batch_size: int) -> None:
-    check_choice("optimizer", optimizer, OPTIMIZERS)
-    check_positive_int("epochs", epochs, allow_none=True)
-    check_positive_float("lr", lr, allow_none=True)
-    check_positive_int("batch_size", batch_size)
 
 
 class PaperMNIST(TrainedClassifier):
@@ -227,48 +268,41 @@ class PaperMNIST(TrainedClassifier):
 
     LATER_PARAMS: ClassVar[dict[str, Any]] = {"conv": []}
 
-    def __init__(self, *, conv: Sequence[int] = (), hidden: Sequence[int] = (),
-                 autoencoder: int | None = None,
-                 weight_decay: float | list[float] = 0.0,
-                 train_split: Literal["train", "p1", "p2"] = "train",
-                 limit: int | None = None,
-                 optimizer: Literal["auto", "adam", "lbfgs"] = "auto",
-                 epochs: int | None = None, lr: float | None = None, batch_size: int = 256,
-                 ae_epochs: int | None = None, ae_sparsity: float = 1.5,
-                 ae_target: float = 0.1, ae_weight_decay: float = 6e-3):
-        self.conv = check_widths("conv", conv, "conv channel counts")
-        self.hidden = check_hidden(hidden)
-        check_positive_int("autoencoder", autoencoder, allow_none=True)
-        if self.conv and autoencoder is not None:
-            raise ParamError("conv", "conv and autoencoder do not combine",
-                             hint="a conv net trains end to end; drop one of them")
-        self.autoencoder = autoencoder
-        self.weight_decay = check_weight_decay(weight_decay, self.num_weight_layers())
-        check_choice("train_split", train_split, ("train", "p1", "p2"))
-        self.train_split = train_split
-        check_positive_int("limit", limit, allow_none=True)
-        self.limit = limit
-        _check_common(optimizer=optimizer, epochs=epochs, lr=lr, batch_size=batch_size)
-        self.optimizer = optimizer
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        check_positive_int("ae_epochs", ae_epochs, allow_none=True)
-        self.ae_epochs = ae_epochs
-        if (isinstance(ae_sparsity, bool) or not isinstance(ae_sparsity, (int, float))
-                or not math.isfinite(ae_sparsity) or ae_sparsity < 0):
-            raise ParamError("ae_sparsity", f"ae_sparsity must be a non-negative number, "
-                                            f"not {ae_sparsity!r}")
-        self.ae_sparsity = float(ae_sparsity)
-        if (isinstance(ae_target, bool) or not isinstance(ae_target, (int, float))
-                or not 0 < ae_target < 1):
-            raise ParamError("ae_target", f"ae_target (the target mean activation of a code "
-                                          f"unit) must be between 0 and 1, not {ae_target!r}")
-        self.ae_target = float(ae_target)
-        check_weight_decay(ae_weight_decay, 1)
-        if isinstance(ae_weight_decay, (list, tuple)):
-            raise ParamError("ae_weight_decay", "ae_weight_decay must be one number")
-        self.ae_weight_decay = float(ae_weight_decay)
+    class Params(harness.Params):
+        conv: ConvWidths = []
+        hidden: Widths = Field([], description="hidden layer widths, sigmoid (ReLU after "
+                                               "convolutions); [] and no conv: softmax "
+                                               "regression")
+        autoencoder: Union[int, None] = Field(
+            None, ge=1, description="code units of a sparse sigmoid autoencoder trained "
+                                    "first on the images and frozen; the classifier reads its "
+                                    "code")
+        weight_decay: WeightDecay = 0.0
+        train_split: Literal["train", "p1", "p2"] = Field(
+            "train", description="the training images: all 60,000, or the paper's halves p1 "
+                                 "and p2")
+        limit: Union[int, None] = Field(None, ge=1, description="train on the first N images")
+        optimizer: Optimizer = "auto"
+        epochs: Epochs = None
+        lr: LearningRate = None
+        batch_size: BatchSize = 256
+        ae_epochs: Union[int, None] = Field(None, ge=1, description="epochs of the "
+                                                                    "autoencoder (default: "
+                                                                    f"{DEFAULT_AE_EPOCHS})")
+        ae_sparsity: Real = Field(1.5, ge=0, description="weight of the autoencoder's "
+                                                         "sparsity penalty")
+        ae_target: Real = Field(0.1, gt=0, lt=1, description="the mean activation the "
+                                                             "sparsity penalty aims each code "
+                                                             "unit at")
+        ae_weight_decay: Real = Field(6e-3, ge=0, description="lambda of the autoencoder's "
+                                                              "weight penalty")
+
+        @model_validator(mode="after")
+        def _layers(self) -> "PaperMNIST.Params":
+            if self.conv and self.autoencoder is not None:
+                raise ParamError("conv", "conv and autoencoder do not combine",
+                                 hint="a conv net trains end to end; drop one of them")
+            return _weight_decay_fits(self)
 
     def num_weight_layers(self) -> int:
         return len(self.conv) + len(self.hidden) + 1
@@ -291,6 +325,8 @@ class PaperMNIST(TrainedClassifier):
         return ctx.dataset("mnist", **params)
 
     def ae_spec(self) -> AutoencoderSpec | None:
+        from .training import AutoencoderSpec
+
         if self.autoencoder is None:
             return None
         return AutoencoderSpec(
@@ -312,6 +348,10 @@ class PaperMNIST(TrainedClassifier):
         return label if self.train_split == "train" else f"{label}[{self.train_split}]"
 
     def build(self, data: Data, generator: torch.Generator) -> nn.Sequential:
+        from torch import nn
+
+        from .training import make_linear, mlp_layers
+
         if self.conv:
             return self.build_conv(data, generator)
         features = math.prod(data.input_shape)
@@ -330,11 +370,16 @@ class PaperMNIST(TrainedClassifier):
 
     def fit(self, module: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ctx: Context,
             label: str) -> dict[str, Any]:
+        import torch
+        from torch import nn
+
+        from .training import batched
+
         spec = self.ae_spec()
         if spec is None:
             return super().fit(module, x, y, ctx, label)
         flat = x.flatten(1)
-        encoder, ae_result = fit_autoencoder(
+        encoder, ae_result = _trainer("fit_autoencoder")(
             flat, spec, ctx.generator(self.seed_key, "autoencoder", self.params_id()),
             ctx.progress, f"{label}: autoencoder")
         module[1].load_state_dict(encoder.state_dict())
@@ -350,6 +395,10 @@ def conv_net(data: Data, conv: Sequence[int], hidden: Sequence[int],
              generator: torch.Generator) -> nn.Sequential:
     """Conv/ReLU/pool blocks (5x5, padded, 2x2 max-pooling), Flatten, the ReLU hidden layers,
     the output layer, for the images of ``data``."""
+    from torch import nn
+
+    from .training import conv_layers, mlp_layers
+
     if len(data.input_shape) != 3:
         raise ModelError(f"a conv net needs images [C, H, W], not inputs of shape "
                          f"{list(data.input_shape)}")
@@ -365,6 +414,10 @@ def conv_net(data: Data, conv: Sequence[int], hidden: Sequence[int],
     features = conv[-1] * height * width
     layers += mlp_layers(features, hidden, data.num_classes, "relu", generator)
     return nn.Sequential(*layers)
+
+
+#: the ``mlp`` plugin's training data by default
+DEFAULT_TRAIN = {"use": "digits", "split": "train"}
 
 
 class MLP(TrainedClassifier):
@@ -384,28 +437,28 @@ class MLP(TrainedClassifier):
     seed_name = "mlp"
     LATER_PARAMS: ClassVar[dict[str, Any]] = {"conv": []}
 
-    def __init__(self, *, train: Mapping[str, Any] | None = None, hidden: Sequence[int] = (),
-                 conv: Sequence[int] = (),
-                 activation: Literal["relu", "sigmoid"] = "relu",
-                 weight_decay: float | list[float] = 0.0,
-                 optimizer: Literal["auto", "adam", "lbfgs"] = "auto",
-                 epochs: int | None = None, lr: float | None = None, batch_size: int = 256):
-        spec = dict(train) if train is not None else {"use": "digits", "split": "train"}
-        if not isinstance(spec.get("use"), str) or not spec["use"]:
-            raise ParamError("train", f"train must name a dataset plugin under 'use', "
-                                      f"not {train!r}",
-                             hint="for example {use: digits, split: train}")
-        self.train = spec
-        self.hidden = check_hidden(hidden)
-        self.conv = check_widths("conv", conv, "conv channel counts")
-        check_choice("activation", activation, tuple(ACTIVATIONS))
-        self.activation = activation
-        self.weight_decay = check_weight_decay(weight_decay, self.num_weight_layers())
-        _check_common(optimizer=optimizer, epochs=epochs, lr=lr, batch_size=batch_size)
-        self.optimizer = optimizer
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
+    class Params(harness.Params):
+        train: Union[DatasetSpec, None] = Field(
+            dict(DEFAULT_TRAIN), description="the training data: a dataset plugin's spec "
+                                             "(use: plus its parameters)")
+        hidden: Widths = Field([], description="hidden layer widths ([]: softmax regression)")
+        conv: ConvWidths = []
+        activation: Literal["relu", "sigmoid"] = Field(
+            "relu", description="the hidden layers' activation (ReLU after convolutions)")
+        weight_decay: WeightDecay = 0.0
+        optimizer: Optimizer = "auto"
+        epochs: Epochs = None
+        lr: LearningRate = None
+        batch_size: BatchSize = 256
+
+        @model_validator(mode="after")
+        def _train(self) -> "MLP.Params":
+            if self.train is None:     # null: the default
+                self.train = dict(DEFAULT_TRAIN)
+            if not self.train["use"].strip():
+                raise ParamError("train", "train must name a dataset plugin under 'use'",
+                                 hint="for example {use: digits, split: train}")
+            return _weight_decay_fits(self)
 
     def training_data(self, ctx: Context) -> Data:
         params = dict(self.train)
@@ -432,6 +485,10 @@ class MLP(TrainedClassifier):
         return f"MLP{widths}" + (f"({self.activation})" if self.hidden else "")
 
     def build(self, data: Data, generator: torch.Generator) -> nn.Sequential:
+        from torch import nn
+
+        from .training import mlp_layers
+
         if self.conv:
             return conv_net(data, self.conv, self.hidden, generator)
         features = math.prod(data.input_shape)

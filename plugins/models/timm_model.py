@@ -20,13 +20,15 @@ from __future__ import annotations
 import difflib
 import importlib.util
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union
 
-from harness import Context, Model, ModelError, ModelPlugin, ParamError
-from harness.context import stable_seed
+from pydantic import model_validator
 
-from .files import (one_line, check_file, check_mean_std, check_sha256, load_into,
-                    load_state_dict_file, normalizer, verify_pin)
+import harness
+from harness import Context, Field, Model, ModelError, ModelPlugin, ParamError, stable_seed
+
+from ..params import InputShape, Mean, NonBlank, NumClasses, Sha256, Std, mean_std
+from .files import check_file, load_into, load_state_dict_file, normalizer, one_line, verify_pin
 
 
 class TimmModel(ModelPlugin):
@@ -34,32 +36,47 @@ class TimmModel(ModelPlugin):
     (pinned by ``sha256``), normalized with its own mean/std; extra ``[timm]``."""
 
     name: ClassVar[str] = "timm"
+    seed_name = "timm"
 
-    def __init__(self, *, model: str, checkpoint: str | None = None, sha256: str | None = None,
-                 kwargs: dict[str, Any] | None = None, input_shape: list[int] | None = None,
-                 num_classes: int | None = None, mean: list[float] | str | None = None,
-                 std: list[float] | str | None = None, normalize: bool = True):
-        if not isinstance(model, str) or not model.strip():
-            raise ParamError("model", f"model must name a timm architecture, not {model!r}")
+    class Params(harness.Params):
+        model: NonBlank = Field(description="the timm architecture, such as resnet50 "
+                                            "(timm.list_models())")
+        checkpoint: Union[str, None] = Field(None, description="the weights: a .safetensors "
+                                                               "or torch file (default: "
+                                                               "random weights from the "
+                                                               "run's seed)")
+        sha256: Sha256 = None
+        kwargs: Union[dict[str, Any], None] = Field(None, description="keyword arguments of "
+                                                                      "timm.create_model")
+        input_shape: InputShape = None
+        num_classes: NumClasses = None
+        mean: Mean = None
+        std: Std = None
+        normalize: bool = Field(True, description="normalize with the model's own mean/std "
+                                                  "from its timm configuration (unless "
+                                                  "mean/std are given)")
+
+        _mean_std = model_validator(mode="after")(mean_std)
+
+        @model_validator(mode="after")
+        def _checkpoint(self) -> "TimmModel.Params":
+            self.checkpoint = self.checkpoint or None
+            if self.sha256 and not self.checkpoint:
+                raise ParamError("sha256", "sha256 pins the checkpoint, and no checkpoint is "
+                                           "given")
+            self.kwargs = dict(self.kwargs) if self.kwargs else None
+            if self.kwargs and "pretrained" in self.kwargs:
+                raise ParamError("kwargs", "pretrained weights are never downloaded",
+                                 hint="give the weights as a local checkpoint")
+            return self
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
         if importlib.util.find_spec("timm") is None:
             raise ParamError("model", "the timm package is not installed",
                              hint="pip install 'robustness-harness[timm]'")
-        self.model = model
-        self.checkpoint = check_file("checkpoint", checkpoint, "checkpoint") if checkpoint \
-            else None
-        self.sha256 = check_sha256(sha256)
-        if self.sha256 and not self.checkpoint:
-            raise ParamError("sha256", "sha256 pins the checkpoint, and no checkpoint is given")
-        self.kwargs = dict(kwargs) if kwargs else None
-        if self.kwargs and "pretrained" in self.kwargs:
-            raise ParamError("kwargs", "pretrained weights are never downloaded",
-                             hint="give the weights as a local checkpoint")
-        if input_shape is not None and (not input_shape or any(s < 1 for s in input_shape)):
-            raise ParamError("input_shape", f"input_shape {input_shape} is not a shape")
-        self.input_shape = input_shape
-        self.num_classes = num_classes
-        self.mean, self.std = check_mean_std(mean, std)
-        self.normalize = normalize
+        if self.checkpoint:
+            check_file("checkpoint", self.checkpoint, "checkpoint")
 
     def preflight(self, ctx: Context) -> None:
         if self.checkpoint:
@@ -80,7 +97,7 @@ class TimmModel(ModelPlugin):
             kwargs.setdefault("num_classes", self.num_classes)
         try:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(stable_seed(ctx.seed, "timm", self.model, kwargs))
+                torch.manual_seed(stable_seed(ctx.seed, self.seed_key, self.model, kwargs))
                 net = timm.create_model(self.model, pretrained=False, **kwargs)
         except Exception as exc:
             raise ModelError(f"timm.create_model({self.model!r}, **{kwargs}) failed: "

@@ -5,30 +5,32 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
-import torch
-from torch import nn
+from pydantic import AfterValidator, model_validator
 
-from harness import Context, Model, ModelError, ModelPlugin, ParamError
-from harness.context import stable_seed
+import harness
+from harness import Context, Field, Model, ModelError, ModelPlugin, ParamError, stable_seed
 
-from .files import (check_file, check_mean_std, check_sha256, load_into, load_state_dict_file,
-                    verify_pin)
+from ..params import InputShape, Mean, NumClasses, Sha256, Std, mean_std
+from .files import check_file, load_into, load_state_dict_file, verify_pin
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
-class Normalize(nn.Module):
-    """(x - mean) / std per channel (dimension 1), so the wrapped model still takes inputs in
-    [0, 1]; ``rank`` is that of a batch (4 for images ``[B, C, H, W]``)."""
+def __getattr__(name: str) -> Any:
+    if name == "Normalize":   # the module moved; imported on first use (it imports torch)
+        from .normalize import Normalize
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], rank: int = 4):
-        super().__init__()
-        view = (1, -1) + (1,) * max(0, rank - 2)
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(view))
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(view))
+        return Normalize
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+
+def _factory(spec: str) -> str:
+    if ":" not in spec:
+        raise ValueError("is not of the form package.module:callable")
+    return spec
 
 
 def import_callable(spec: str, param: str = "factory") -> Any:
@@ -63,24 +65,37 @@ class TorchModel(ModelPlugin):
     """
 
     code_params = ("factory",)  # the factory is code the suite makes the harness run
+    seed_name = "torch"
 
-    def __init__(self, *, factory: str, input_shape: list[int] | None = None,
-                 kwargs: dict[str, Any] | None = None, weights: str | None = None,
-                 sha256: str | None = None, num_classes: int | None = None,
-                 mean: list[float] | str | None = None, std: list[float] | str | None = None):
-        if input_shape is not None and (not input_shape or any(s < 1 for s in input_shape)):
-            raise ParamError("input_shape", f"input_shape {input_shape} is not a shape")
-        if ":" not in factory:
-            raise ParamError("factory", f"{factory!r} is not of the form package.module:callable")
-        self.factory = factory
-        self.input_shape = input_shape
-        self.kwargs = kwargs
-        self.weights = check_file("weights", weights, "weights file") if weights else None
-        self.sha256 = check_sha256(sha256)
-        if self.sha256 and not self.weights:
-            raise ParamError("sha256", "sha256 pins the weights file, and no weights are given")
-        self.num_classes = num_classes
-        self.mean, self.std = check_mean_std(mean, std)
+    class Params(harness.Params):
+        factory: Annotated[str, AfterValidator(_factory)] = Field(
+            description="package.module:callable returning the torch.nn.Module")
+        input_shape: InputShape = None
+        kwargs: Union[dict[str, Any], None] = Field(None, description="keyword arguments of "
+                                                                      "the factory")
+        weights: Union[str, None] = Field(None, description="a state dict to load: a "
+                                                            ".safetensors file, or a torch "
+                                                            "file (read with "
+                                                            "weights_only=True)")
+        sha256: Sha256 = None
+        num_classes: NumClasses = None
+        mean: Mean = None
+        std: Std = None
+
+        _mean_std = model_validator(mode="after")(mean_std)
+
+        @model_validator(mode="after")
+        def _pin(self) -> "TorchModel.Params":
+            self.weights = self.weights or None
+            if self.sha256 and not self.weights:
+                raise ParamError("sha256", "sha256 pins the weights file, and no weights are "
+                                           "given")
+            return self
+
+    def __init__(self, **values: Any):
+        super().__init__(**values)
+        if self.weights:
+            check_file("weights", self.weights, "weights file")
 
     def preflight(self, ctx: Context) -> None:
         if self.weights:
@@ -89,6 +104,11 @@ class TorchModel(ModelPlugin):
     def build_module(self, seed: int = 0, input_rank: int = 4) -> nn.Module:
         """The module; random initializations are drawn from ``seed`` (in a fork of torch's
         global generator, which is left as it was)."""
+        import torch
+        from torch import nn
+
+        from .normalize import Normalize
+
         make = import_callable(self.factory)
         try:
             with torch.random.fork_rng(devices=[]):
@@ -109,6 +129,8 @@ class TorchModel(ModelPlugin):
         return module
 
     def load(self, ctx: Context) -> Model:
+        import torch
+
         input_shape = self.input_shape or (list(ctx.input_shape) if ctx.input_shape else None)
         if input_shape is None:
             raise ModelError(f"{self.factory}: no input_shape, and no data to read it from",

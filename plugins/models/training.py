@@ -34,13 +34,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import ParamError
+from .schedule import (DEFAULT_EPOCHS, DEFAULT_LR, MIN_DEFAULT_STEPS,  # noqa: F401 (re-exported)
+                       OPTIMIZERS, Schedule)
 
 log = logging.getLogger(__name__)
 
@@ -48,70 +49,7 @@ log = logging.getLogger(__name__)
 #: produces; it is part of every cache key, so old cache files are then ignored
 TRAINING_VERSION = 1
 
-OPTIMIZERS = ("auto", "adam", "lbfgs")
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
-
-#: calibrated defaults per optimizer (see the module docstring and the plugins' docs)
-DEFAULT_EPOCHS = {"adam": 20, "lbfgs": 100}
-DEFAULT_LR = {"adam": 1e-2, "lbfgs": 1.0}
-#: with Adam, the default number of epochs is raised until training takes this many steps,
-#: so that small data sets (a few minibatches per epoch) are still trained to convergence
-MIN_DEFAULT_STEPS = 2000
-
-
-# ---------------------------------------------------------------------------------------
-# parameter checks shared by the plugins' constructors
-
-def check_positive_int(param: str, value: Any, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ParamError(param, f"{param} must be a positive integer, not {value!r}")
-
-
-def check_positive_float(param: str, value: Any, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value <= 0):
-        raise ParamError(param, f"{param} must be a positive number, not {value!r}")
-
-
-def check_choice(param: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ParamError(param, f"{param} must be one of {', '.join(choices)}, not {value!r}")
-
-
-def check_hidden(hidden: Any) -> list[int]:
-    """``hidden`` as a list of positive layer widths."""
-    return check_widths("hidden", hidden, "hidden layer widths")
-
-
-def check_widths(param: str, value: Any, what: str) -> list[int]:
-    """``value`` (parameter ``param``) as a list of positive integers, ``what`` they are."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ParamError(param, f"{param} must be a list of layer widths, not {value!r}")
-    for width in value:
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ParamError(param, f"{what} must be positive integers, not {width!r}")
-    return [int(w) for w in value]
-
-
-def check_weight_decay(weight_decay: Any, num_layers: int) -> float | list[float]:
-    """One non-negative lambda for all weight layers, or one per layer (``num_layers``)."""
-    values = weight_decay if isinstance(weight_decay, (list, tuple)) else [weight_decay]
-    for v in values:
-        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-                or v < 0):
-            raise ParamError("weight_decay", f"weight_decay must be non-negative numbers, "
-                                             f"not {v!r}")
-    if isinstance(weight_decay, (list, tuple)):
-        if len(weight_decay) != num_layers:
-            raise ParamError("weight_decay",
-                             f"weight_decay has {len(weight_decay)} values for {num_layers} "
-                             f"weight layers", hint="give one lambda, or one per weight layer")
-        return [float(v) for v in weight_decay]
-    return float(weight_decay)
 
 
 def per_layer(weight_decay: float | Sequence[float], num_layers: int) -> list[float]:
@@ -221,36 +159,6 @@ def error_rate(module: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 # ---------------------------------------------------------------------------------------
 # optimization
-
-@dataclass(frozen=True)
-class Schedule:
-    """How to minimize: ``optimizer`` (adam or lbfgs), ``epochs``, ``lr``, ``batch_size``."""
-
-    optimizer: str
-    epochs: int
-    lr: float
-    batch_size: int
-
-    @classmethod
-    def resolve(cls, optimizer: str, epochs: int | None, lr: float | None, batch_size: int,
-                *, convex: bool, num_examples: int,
-                default_epochs: Mapping[str, int] | None = None,
-                default_lr: Mapping[str, float] | None = None,
-                min_steps: int = MIN_DEFAULT_STEPS) -> "Schedule":
-        """Fill in the calibrated defaults (``default_epochs``/``default_lr`` per optimizer
-        override :data:`DEFAULT_EPOCHS`/:data:`DEFAULT_LR`, for models calibrated apart).
-        ``auto`` is L-BFGS for a convex problem, Adam otherwise; default Adam epochs rise
-        on small data sets to at least ``min_steps`` steps."""
-        opt = optimizer if optimizer != "auto" else ("lbfgs" if convex else "adam")
-        if epochs is None:
-            epochs = {**DEFAULT_EPOCHS, **(default_epochs or {})}[opt]
-            if opt == "adam":
-                steps_per_epoch = max(1, math.ceil(num_examples / batch_size))
-                epochs = max(epochs, math.ceil(min_steps / steps_per_epoch))
-        if lr is None:
-            lr = {**DEFAULT_LR, **(default_lr or {})}[opt]
-        return cls(opt, int(epochs), float(lr), int(batch_size))
-
 
 @dataclass
 class FitResult:
