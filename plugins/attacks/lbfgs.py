@@ -114,7 +114,8 @@ class LBFGS(Attack):
     Parameters (all keyword-only; defaults in brackets):
 
     - ``target`` [next]: ``next`` (y + 1 mod K), ``random`` (uniform over the other labels,
-      drawn from the run's seed and the batch's labels), ``least-likely`` or a class label;
+      drawn from the run's seed, the batch's position in the data and its labels),
+      ``least-likely`` or a class label;
     - ``targeted`` [true]: false = any label but the true one (``target`` is then unused);
     - ``batch_size`` [auto]: images attacked together; ``auto`` takes as many as make about
       2 million input values (``AUTO_BATCH_VALUES``), at most 1000: 1000 MNIST images, 682
@@ -410,7 +411,7 @@ class LBFGS(Attack):
         with torch.no_grad():
             logits0 = model(x0.view(B, *shape))
         if self.targeted:
-            gen = ctx.generator(self.seed_key, "target", tuple(y.tolist())) \
+            gen = ctx.generator(self.seed_key, "target", ctx.position, tuple(y.tolist())) \
                 if self.target == "random" else None
             label = choose_targets(self.target, y, logits0, model.num_classes, gen)
         else:

@@ -50,7 +50,7 @@ class GaussianNoise(Attack):
 
         if isinstance(self.stddev, list):
             raise ValueError("run one stddev at a time (see Attack.variants)")
-        gen = ctx.generator(self.seed_key, float(self.stddev), tuple(x.shape))
+        gen = ctx.generator(self.seed_key, float(self.stddev), ctx.position, tuple(x.shape))
         noise = torch.randn(x.shape, generator=gen, device="cpu").to(x.device)
         x_adv = x + self.stddev * noise
         if self.clip:

@@ -179,7 +179,7 @@ class TorchAttacks(Attack):
             clean_logits = model(x)
         target = None
         if self.targeted:
-            gen = ctx.generator(self.seed_key, self.attack, y.tolist())
+            gen = ctx.generator(self.seed_key, self.attack, ctx.position, y.tolist())
             target = choose_targets(self.target, y, clean_logits, model.num_classes, gen)
             if "targeted" not in getattr(atk, "supported_mode", ["targeted"]):
                 raise ParamError("targeted", f"torchattacks.{self.attack} has no targeted mode")
@@ -188,7 +188,7 @@ class TorchAttacks(Attack):
         # torchattacks draws from torch's global generator (random starts): seed it from the
         # run's seed inside a fork, so results repeat and the caller's state is untouched
         seed = int(torch.randint(0, 2**62, (1,), device="cpu", generator=ctx.generator(
-            self.seed_key, self.attack, "rng", y.tolist())))
+            self.seed_key, self.attack, "rng", ctx.position, y.tolist())))
         devices = [model.device] if model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
