@@ -197,24 +197,34 @@ def plugins(name: str | None, kind: str | None, verbose: bool) -> int:
         registry.get(kind or _kind_of(registry, name), name)   # unknown: one line, hints
     if name is None:
         rows = [[e.kind, e.name, e.plugin, e.distribution, e.summary] for e in entries]
-        click.echo(tabulate(rows, headers=["kind", "name", "entry point", "distribution",
-                                           "description"],
-                            tablefmt="simple", maxcolwidths=[None, None, None, None, 60]))
+        click.echo(tabulate(_wrapped(rows, [None, None, None, None, 60]),
+                            headers=["kind", "name", "entry point", "distribution",
+                                     "description"],
+                            tablefmt="simple", disable_numparse=True))
     if name is not None or verbose:
         for e in entries:
             click.echo(f"\n{e.kind} {e.name} ({e.distribution}, entry point {e.plugin})")
             doc = _doc(e.cls)
             if doc:
                 click.echo(f"  {doc}")
-            rows = _param_rows(e.cls)
+            rows = _wrapped(_param_rows(e.cls), [None, 30, 20, 60])
             click.echo(tabulate(rows, headers=["parameter", "type", "default", "description"],
-                                tablefmt="simple", maxcolwidths=[None, 30, 20, 60])
+                                tablefmt="simple", disable_numparse=True)
                        if rows else "  (no parameters)")
     for (k, n), why in sorted(registry.conflicts.items()):
         click.echo(f"CONFLICT {k} {n}: {why}")
     for b in registry.broken:
         click.echo(f"BROKEN {b.line()}")
     return 1 if registry.broken or registry.conflicts else 0
+
+
+def _wrapped(rows: list[list[Any]], widths: list[int | None]) -> list[list[str]]:
+    """Cells wrapped at the given widths (tabulate's own maxcolwidths turns the text "False"
+    into True)."""
+    import textwrap
+
+    return [[textwrap.fill(str(cell), width) if width and len(str(cell)) > width
+             else str(cell) for cell, width in zip(row, widths)] for row in rows]
 
 
 def _kind_of(registry: Any, name: str) -> str:
@@ -249,20 +259,34 @@ def _param_rows(cls: Any) -> list[list[str]]:
 
 
 def _type_name(annotation: Any) -> str:
-    import re
+    """A parameter's type as a user writes it in a suite: ``float | list[float]``,
+    ``'auto' | int``, validators and constraints left out."""
+    import types
     import typing
 
-    if annotation is None:
+    if annotation is None or annotation is type(None):
+        return "None"
+    if annotation is Any:
         return "any"
-    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    if text is None:
-        text = str(annotation)
-    text = re.sub(r"typing\.|collections\.abc\.|NoneType", lambda m: "None" if m.group(0) ==
-                  "NoneType" else "", text)
-    text = text.replace("Annotated[", "").replace("Optional[", "")
-    if typing.get_origin(annotation) is typing.Annotated:
-        return _type_name(typing.get_args(annotation)[0])
-    return text
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Union or origin is types.UnionType:
+        names: list[str] = []
+        for arg in sorted(args, key=lambda a: a is type(None)):   # None last
+            name = _type_name(arg)
+            if name not in names:
+                names.append(name)
+        return " | ".join(names)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is not None:
+        base = getattr(origin, "__name__", str(origin))
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"{base}[{inner}]" if inner else base
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 _NO_CODE_HELP = ("Refuse a suite that names code to import and run (a model factory such as "

@@ -159,6 +159,17 @@ def test_validate_ok_and_plugins_listing(write_suite, capsys):
     assert "mnist" in out and "gaussian-noise" not in out
 
 
+def test_plugin_parameters_show_types_and_defaults_as_written_in_a_suite(capsys):
+    code, out, _ = run_cli(["plugins", "torchvision", "-v"], capsys)
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.strip()}
+    assert code == 0
+    assert rows["download"][1:3] == ["bool", "False"]          # never downloads unasked
+    assert rows["limit"][1:5] == ["int", "|", "None", "None"]
+    code, out, _ = run_cli(["plugins", "lbfgs", "-v"], capsys)
+    rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
+    assert "'auto' | int" in rows["batch_size"] and "Validator" not in out
+
+
 def test_console_script_exit_codes(write_suite, env_with_tests_on_path, tmp_path):
     exe = [sys.executable, "-m", "harness.cli"]
     bad = write_suite("name: x\nmodels: {}\ntests: []\n")
