@@ -209,6 +209,27 @@ class StreamedData(DataSource):
     number of worker processes. ``offset``/``limit`` select a range of the dataset.
     """
 
+    @property
+    def x(self) -> "torch.Tensor":
+        """Every image at once, for plugins written when datasets were tensors in memory;
+        deprecated: call :meth:`materialize` (or stream with :meth:`batches`)."""
+        return self._held("x")
+
+    @property
+    def y(self) -> "torch.Tensor":
+        """Every label at once; deprecated like :attr:`x`."""
+        return self._held("y")
+
+    def _held(self, field: str) -> "torch.Tensor":
+        import warnings
+
+        warnings.warn(f"reading .{field} of a streamed dataset ({self.name or 'dataset'}) "
+                      f"loads every image into memory; write data.materialize().{field} "
+                      "(or stream with data.batches(n))", DeprecationWarning, stacklevel=3)
+        if getattr(self, "_materialized", None) is None:
+            self._materialized = self.materialize()
+        return getattr(self._materialized, field)
+
     def __init__(self, dataset: Any, *, num_classes: int, fingerprint: str, name: str = "",
                  classes: list[str] | None = None, input_shape: Sequence[int] | None = None,
                  transform: Callable | None = None, workers: int = 0, offset: int = 0,

@@ -157,3 +157,20 @@ def test_a_package_needing_a_newer_api_is_left_out_with_a_line(tmp_path, monkeyp
     assert line.endswith("HARNESS_BLOCK_PLUGINS=future")
     monkeypatch.setenv("HARNESS_ONLY_PLUGINS", "example")  # an allow-list leaves it out too
     assert not make_registry().broken
+
+
+def test_a_streamed_dataset_still_gives_x_and_y_with_a_deprecation_warning():
+    """Plugins written when every dataset was tensors in memory read ``.x``/``.y`` of what
+    ``ctx.dataset`` returns; on a streamed dataset that still works, and says what to write."""
+    import pytest
+    import torch
+
+    from harness import Context
+
+    data = Context().dataset("synthetic", shape=[1, 4, 4], size=10, seed=3)
+    held = data.materialize()
+    with pytest.warns(DeprecationWarning, match=r"data\.materialize\(\)\.x"):
+        x = data.x
+    with pytest.warns(DeprecationWarning, match=r"materialize\(\)\.y"):
+        y = data.y
+    assert torch.equal(x, held.x) and torch.equal(y, held.y)

@@ -10,7 +10,7 @@ group ``harness`` (see pyproject.toml):
 - analysis ``input-gradient``: how steeply the loss rises around each input (the norm of its
   gradient), as numbers and a histogram.
 
-Install it with ``pip install ./tests/example_plugin``; ``harness plugins`` then lists them
+Install it with ``pip install ./tests/legacy_plugin``; ``harness plugins`` then lists them
 and any suite can use them by name.
 """
 
