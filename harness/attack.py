@@ -184,7 +184,7 @@ class Attack(Plugin):
         for v in values:
             params = self.params()
             params[self.sweep] = v
-            clone = type(self)(**params)
+            clone = self._rebuilt(params)
             out.append((f"{self.sweep}={v}", clone))
         return out
 

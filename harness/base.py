@@ -132,6 +132,17 @@ class Plugin:
             return entry.name
         return f"{cls.__module__}.{cls.__qualname__}"
 
+    def _rebuilt(self, params: dict[str, Any]) -> "Plugin":
+        """A plugin of the same class with ``params``, under the same registry entry (so its
+        labels and :attr:`seed_key`, and so its random streams, are this one's)."""
+        clone = type(self)(**params)
+        entry = self.__dict__.get("_harness_entry")
+        if entry is not None:
+            clone._harness_entry = entry
+        if "name" in self.__dict__ and "name" not in type(self).params_model()[0].model_fields:
+            clone.name = self.name
+        return clone
+
     def check_data(self, num_classes: int) -> None:
         """Check parameters against the data the plugin will see, when its dataset plugin
         knows how many classes it has without reading it (see

@@ -86,7 +86,7 @@ class Metric(Plugin):
         for v in values:
             params = self.params()
             params[self.sweep] = v
-            clone = type(self)(**params)
+            clone = self._rebuilt(params)
             clone.name = self.name
             out.append((f"{self.sweep}={v:g}" if isinstance(v, float) else f"{self.sweep}={v}",
                         clone))

@@ -87,11 +87,33 @@ def test_the_registered_name_does_not_change_seeds_or_cache_keys():
     assert Step.__dict__.get("name", "") == ""            # the class is not written to
 
 
-def types_module(cls):
+class Sweepy(Attack):
+    """A swept attack without a seed_name: its streams follow its registered name."""
+
+    sweep = "size"
+
+    class Params(Params):
+        size: float | list[float] = 0.1
+
+    def run(self, model, x, y, ctx):  # pragma: no cover - only its keys are looked at
+        raise NotImplementedError
+
+
+def test_a_swept_plugin_keeps_its_registered_name_and_streams_in_every_variant():
+    reg = make_registry(types_module(Sweepy, "sweepy"))
+    built = reg.build("attack", "sweepy", {"size": [0.1, 0.2]})
+    single = reg.build("attack", "sweepy", {"size": 0.2})
+    (_, first), (label, second) = built.variants()
+    assert label == "size=0.2" and second.name == first.name == "sweepy"
+    assert first.seed_key == second.seed_key == single.seed_key == "sweepy"
+    assert second.config_key() == single.config_key()
+
+
+def types_module(cls, name="step"):
     import types
 
-    module = types.ModuleType("step_plugin")
-    module.register_attacks = harness.hookimpl(lambda register: register("step", cls))
+    module = types.ModuleType(f"{name}_plugin")
+    module.register_attacks = harness.hookimpl(lambda register: register(name, cls))
     return module
 
 
