@@ -214,19 +214,23 @@ def paired_tests(plan: "Plan", store: Any, baseline: Any) -> PairedFn:
 
     ledgers: dict[str, Any] = {}
 
-    def ledger(which: str, source: Any) -> Any:
+    def ledger(which: str, source: Any, test: str) -> Any:
+        # the rows of this test only: other tests of the same model may have rows with the
+        # same setting (e.g. none), which must not be paired with this test's
         if which not in ledgers:
             ledgers[which] = source.ledger()
-        return ledgers[which]
+        whole = ledgers[which]
+        return whole[whole["test"] == test]
 
     def test_of(gate: GateConfig, key: Key) -> "PairedTest | str":
         test = plan.test(gate.test)
-        now = test.per_image(ledger("now", store), key[1], key[2], key[3])
+        now = test.per_image(ledger("now", store, gate.test), key[1], key[2], key[3])
         if now is None:
             return f"metric {key[2]!r} has no per-image values"
         if not (baseline.path / store.LEDGER).is_dir():
             return f"the baseline run {baseline.path} has no per-image ledger"
-        before = test.per_image(ledger("base", baseline), key[1], key[2], key[3])
+        before = test.per_image(ledger("base", baseline, gate.test), key[1], key[2],
+                                key[3])
         if before is None or before.empty:
             return "the baseline run has no per-image values for it"
         both = now.to_frame("new").join(before.to_frame("base"), how="inner")

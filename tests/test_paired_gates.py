@@ -97,3 +97,23 @@ def test_paired_needs_a_metric_with_per_image_values(write_suite, capsys):
     assert main(["validate", str(write_suite(text))]) == 2
     err = capsys.readouterr().err
     assert "no per-image values" in err and "suite.yaml:11: gates[0].paired" in err
+
+
+def test_a_paired_gate_pairs_only_its_own_tests_images(baseline, write_suite, tmp_path):
+    # another test of the same model with the same setting (here: none, one attack setting
+    # each) writes ledger rows beside the gated test's; the gate must pair the images of its
+    # own test only: the gated test is unchanged, so nothing changed and the gate passes
+    one = SUITE.replace("MODEL", "digits_template").replace("stddev: 0.3", "stddev: 0.1")
+    path = write_suite(one, "one.yaml")
+    assert main(["run", str(path), "--out", str(tmp_path / "one"), "-q"]) == 0
+    two = one.replace("gates:", """  - name: loud
+    attack: {use: gaussian-noise, stddev: 1.0}
+    metrics: [clean_error, adv_error, mean_distortion]
+gates:""")
+    path = write_suite(two, "two.yaml")
+    code = main(["run", str(path), "--out", str(tmp_path / "two"), "--baseline",
+                 str(tmp_path / "one"), "-q"])
+    rate, mean = verdicts(tmp_path / "two")
+    assert rate["paired_n"] == 360 and mean["paired_n"] == 360
+    assert rate["passed"] and mean["passed"] and code == 0
+    assert "0 changed for the worse, 0 for the better" in rate["reason"]
