@@ -64,7 +64,8 @@ def image_changes(a: RunStore, b: RunStore, *, test: str | None = None,
         if not (store.path / store.LEDGER).is_dir():
             return [Table("Images that changed outcome", [], [],
                           [f"{store.path} has no per-image ledger (written before ledgers "
-                           "were kept): only the aggregates can be compared"])]
+                           "were kept, or kept without its ledger/ folder): only the "
+                           "aggregates can be compared"])]
     frames = []
     for store in (a, b):
         df = store.ledger()
