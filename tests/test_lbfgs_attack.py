@@ -326,6 +326,17 @@ def test_failures_say_why_on_cases_built_to_fail_each_way(model, data):
     xl = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(4))
     res = LBFGS(initial_const=1e6, search_steps=2)(lin, xl, lin.predict(xl))
     check(res, "c-search", torch.ones(6, dtype=torch.bool))
+    # a barrier: the target's logit peaks (at 0) where the pixels' mean is 0.5 and the other
+    # class's is 1 everywhere, so the loss has a minimum short of the goal whatever c is
+    def barrier(z):
+        mean = z.flatten(1).mean(1, keepdim=True)
+        return torch.cat([torch.ones_like(mean), -10 * (mean - 0.5) ** 2], 1)
+
+    walled = Model(forward=barrier, input_shape=(1, 2, 2), num_classes=2, name="barrier")
+    xb = torch.full((3, 1, 2, 2), 0.2)
+    res = LBFGS(target=1)(walled, xb, torch.zeros(3, dtype=torch.long))
+    check(res, "local-minimum", torch.ones(3, dtype=torch.bool))
+    assert "targeted: false" in advice["local-minimum"]
     # NaN logits for images whose corner pixel is lit (the first four)
     lit = x.clone()
     lit[:4, 0, 0, 0] = 1.0
@@ -349,7 +360,7 @@ def test_failures_say_why_on_cases_built_to_fail_each_way(model, data):
     # every code the attack uses is explained, with the parameter to change
     for code, text in advice.items():
         assert text and code in {"budget", "c-search", "bad-gradient", "non-finite",
-                                 "no-gradient"}
+                                 "no-gradient", "local-minimum"}
     assert "max_iter" in advice["budget"] and "search_steps" in advice["c-search"]
 
 

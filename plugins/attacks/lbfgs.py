@@ -31,6 +31,11 @@ POLISH_INSIDE = 3e-3
 #: Newton steps and relative tolerance of the polish's linearized projection
 TANGENT_STEPS = 8
 TANGENT_RTOL = 1e-4
+#: a search that failed ended at a minimum of the loss itself ("local-minimum") when, at
+#: its last point, the loss's gradient on the free pixels had shrunk to at most this share
+#: of its size at the image, or the penalty's gradient 2 c r was at most this share of the
+#: loss's (where the penalty holds a solve back, the two gradients balance at its end)
+STUCK_SHARE = 0.1
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -165,6 +170,11 @@ class LBFGS(Attack):
         "c-search": "every value of c tried held the perturbation back too much (the search "
                     "shrank c search_steps times without reaching the goal); raise "
                     "search_steps or const_factor, or give a smaller initial_const",
+        "local-minimum": "the last solve ended at a minimum of the model's loss short of the "
+                         "goal, with c too small to matter: no value of c reaches the goal "
+                         "from this image by a local search (the target lies beyond a "
+                         "barrier of the loss); ask for any wrong label (targeted: false), "
+                         "another target, or use an attack with random restarts",
         "bad-gradient": "the model's gradient does not describe its loss (a step along it "
                         "does not lower the loss as predicted: masked, quantized or "
                         "non-differentiable layers); use a gradient-free attack",
@@ -435,6 +445,12 @@ class LBFGS(Attack):
         best_d2 = torch.full((B,), math.inf, dtype=x0.dtype, device=dev)
         best_m = torch.zeros_like(best_d2)              # margin - threshold at the best point
         best_x = x0.clone()
+        # the size of the loss's own gradient on the pixels free to move at each image's
+        # latest evaluation: where the search ends without a success and that gradient has
+        # all but vanished (the penalty no longer holds the solve back), the loss itself has
+        # a minimum short of the goal (see _failures)
+        last_gl = torch.full((B,), math.inf, dtype=x0.dtype, device=dev)
+        last_pen = torch.full((B,), math.inf, dtype=x0.dtype, device=dev)  # |2 c r|
 
         def objective(z: torch.Tensor, idx: torch.Tensor):
             whole = len(idx) == B
@@ -449,6 +465,10 @@ class LBFGS(Attack):
                 ci = (c if whole else c.index_select(0, idx)).to(z.dtype)
                 f = ci * d2 + loss.detach()
                 g = torch.addcmul(gl, r, (2 * ci)[:, None])
+                zd = z.detach()
+                free = ~(((zd <= 0.0) & (gl > 0)) | ((zd >= 1.0) & (gl < 0)))
+                last_gl.index_copy_(0, idx, (gl * free).norm(dim=1).to(last_gl.dtype))
+                last_pen.index_copy_(0, idx, (2 * ci * d2.sqrt()).to(last_pen.dtype))
                 not_finite.index_fill_(0, idx[~torch.isfinite(f)], True)   # (for the report)
                 margin = self._margin(logits, lab)
                 room = margin - self._threshold(logits)
@@ -475,6 +495,7 @@ class LBFGS(Attack):
         log_grow = math.log(self.const_factor)
         first = True
         c_first = torch.zeros_like(c)
+        gref = torch.zeros(B, dtype=torch.float64, device=dev)
         while opt.any_running():
             stopped = opt.step()
             if first:
@@ -559,7 +580,9 @@ class LBFGS(Attack):
             misled = misled.index_fill(0, mi[agrees], False)
             forward.index_add_(0, mi, torch.ones_like(mi))
             grads.index_add_(0, mi, torch.ones_like(mi))
-        failure = self._failures(success, no_grad, not_finite, misled, last_status)
+        stuck = ~success & ((last_gl <= STUCK_SHARE * gref.to(last_gl.dtype))
+                            | (last_pen <= STUCK_SHARE * last_gl))
+        failure = self._failures(success, no_grad, not_finite, misled, last_status, stuck)
         return AttackResult(
             x_adv=x_adv.view_as(x).to(x.dtype), success=success,
             target=label if self.targeted else None, already=already,
@@ -589,17 +612,23 @@ class LBFGS(Attack):
 
     @staticmethod
     def _failures(success: torch.Tensor, no_grad: torch.Tensor, not_finite: torch.Tensor,
-                  misled: torch.Tensor, last_status: torch.Tensor) -> list[str]:
-        """Per image, why it failed ("" where it succeeded); see ``failure_advice``."""
+                  misled: torch.Tensor, last_status: torch.Tensor,
+                  stuck: torch.Tensor | None = None) -> list[str]:
+        """Per image, why it failed ("" where it succeeded); see ``failure_advice``.
+        ``stuck``: the last solve ended where the penalty was a negligible part of the
+        objective (a minimum of the loss itself short of the goal)."""
         import torch
 
         from .lbfgsb import MAX_ITER
 
         codes = torch.full_like(last_status, 4)
+        if stuck is not None:
+            codes = torch.where(stuck, 6, codes)
         codes = torch.where(last_status == MAX_ITER, 3, codes)
         codes = torch.where(misled, 2, codes)
         codes = torch.where(not_finite, 1, codes)
         codes = torch.where(no_grad, 0, codes)
         codes = torch.where(success, 5, codes)
-        names = ["no-gradient", "non-finite", "bad-gradient", "budget", "c-search", ""]
+        names = ["no-gradient", "non-finite", "bad-gradient", "budget", "c-search", "",
+                 "local-minimum"]
         return [names[i] for i in codes.tolist()]
