@@ -1,4 +1,4 @@
-"""``torch``, imported on first use: the modules plugin packages import (``harness``'s public
+"""``torch`` and ``numpy``, imported on first use: the modules plugin packages import (``harness``'s public
 API) stay free of torch's import cost, so that ``harness validate`` and ``harness plugins``
 start in a fraction of a second."""
 
@@ -28,3 +28,4 @@ class LazyModule(types.ModuleType):
 
 
 torch = LazyModule("torch")
+numpy = LazyModule("numpy")

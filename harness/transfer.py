@@ -26,8 +26,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from ._lazy import numpy as np
+from ._lazy import torch
 
 FORMAT = "harness-adversarial-examples/1"
 

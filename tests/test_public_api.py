@@ -196,3 +196,25 @@ def test_a_streamed_dataset_still_gives_x_and_y_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match=r"materialize\(\)\.y"):
         y = data.y
     assert torch.equal(x, held.x) and torch.equal(y, held.y)
+
+
+@pytest.mark.parametrize("suite", ["suites/quickstart.yaml", "suites/paper-mnist.yaml"])
+def test_validate_and_plugins_import_neither_torch_nor_numpy(suite):
+    """``harness validate`` compiles every test kind's plan (transfer tests included) and
+    ``harness plugins`` lists the plugins, both without torch's or numpy's import cost."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / suite).is_file():
+        pytest.skip(f"{suite} is not in this checkout")
+    code = ("import sys\nfrom harness.cli import main\n"
+            "for argv in (['validate', sys.argv[1]], ['plugins']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as exc:\n"
+            "        assert not exc.code, exc.code\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules), "
+            "file=sys.stderr)")
+    env = {**__import__("os").environ, "HARNESS_ONLY_PLUGINS": "robustness-harness"}
+    done = subprocess.run([sys.executable, "-c", code, suite], cwd=root, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
