@@ -122,15 +122,34 @@ class _DistFacade:
     def project_name(self) -> str:
         return _dist_name(self._dist)
 
+    @property
+    def version(self) -> str:
+        return _dist_info(self._dist)[1]
+
     def __getattr__(self, attr: str) -> Any:
         return getattr(self._dist, attr)
 
 
+#: (name, version) per distribution: reading a distribution's metadata parses its whole
+#: METADATA file (the long description included), so it is read once per process
+_DIST_INFO: dict[str, tuple[str, str]] = {}
+
+
+def _dist_info(dist: Any) -> tuple[str, str]:
+    key = str(getattr(dist, "_path", "")) or f"id:{id(dist)}"
+    found = _DIST_INFO.get(key)
+    if found is None:
+        try:
+            meta = dist.metadata
+            found = (meta["Name"] or "", meta["Version"] or "")
+        except Exception:
+            found = (str(getattr(dist, "name", "") or dist), "")
+        _DIST_INFO[key] = found
+    return found
+
+
 def _dist_name(dist: Any) -> str:
-    try:
-        return dist.metadata["Name"]
-    except Exception:
-        return str(getattr(dist, "name", ""))
+    return _dist_info(dist)[0]
 
 
 def api_problem(plugin: object) -> str | None:
@@ -163,10 +182,8 @@ def _exc_line(exc: BaseException) -> str:
 
 
 def _dist_label(dist: Any) -> str:
-    try:
-        return f"{dist.metadata['Name']} {dist.version}"
-    except Exception:
-        return str(getattr(dist, "name", dist))
+    name, version = _dist_info(dist)
+    return f"{name} {version}".strip()
 
 
 def block_hint(name: str | None) -> str:
