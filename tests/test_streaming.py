@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import Attack, AttackResult, hookimpl
 from harness.data import StreamedData
 from harness.runner import RunOptions, run_suite
 from harness.store import RunStore
 from harness.suite import load_suite
 from harness.testing import make_registry
+from tiny_models import OutOfMemoryAbove8, OutOfMemoryPlugins
 
 SUITE = """\
 name: streaming
@@ -36,34 +36,9 @@ tests:
 """
 
 
-class OutOfMemoryAbove8(Attack):
-    """Leaves images as they are; runs out of (simulated) device memory on batches of more
-    than 8 images; records the size of every batch it is given."""
-
-    tried: list[int] = []
-
-    def __init__(self, *, batch_size: int = 32):
-        self.batch_size = batch_size
-
-    def run(self, model, x, y, ctx):
-        OutOfMemoryAbove8.tried.append(len(x))
-        if len(x) > 8:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        with torch.no_grad():
-            pred = model(x).argmax(1)
-        return AttackResult(x_adv=x.clone(), success=pred != y)
-
-
-class _Plugins:
-    @staticmethod
-    @hookimpl
-    def register_attacks(register):
-        register("oom-above-8", OutOfMemoryAbove8)
-
-
 @pytest.fixture(scope="module")
 def registry():
-    return make_registry(_Plugins())
+    return make_registry(OutOfMemoryPlugins())
 
 
 def run(registry, text, folder):

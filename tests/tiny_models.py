@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness import Attack, AttackResult, hookimpl
+
 
 def linear(in_features: int = 64, classes: int = 10, seed: int = 0, nan: bool = False) -> nn.Module:
     """A fixed random linear classifier on flattened inputs; ``nan`` poisons one bias."""
@@ -135,3 +137,31 @@ def slow_import(seconds: float = 3.0) -> nn.Module:
     sys.path.insert(0, folder)
     importlib.import_module("slow_import_module")
     return digits_template()
+
+
+
+class OutOfMemoryAbove8(Attack):
+    """Leaves images as they are; runs out of (simulated) device memory on batches of more
+    than 8 images; records the size of every batch it is given in ``tried``."""
+
+    tried: list[int] = []
+
+    def __init__(self, *, batch_size: int = 32):
+        self.batch_size = batch_size
+
+    def run(self, model, x, y, ctx):
+        OutOfMemoryAbove8.tried.append(len(x))
+        if len(x) > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        with torch.no_grad():
+            pred = model(x).argmax(1)
+        return AttackResult(x_adv=x.clone(), success=pred != y)
+
+
+class OutOfMemoryPlugins:
+    """Registers :class:`OutOfMemoryAbove8` as the attack ``oom-above-8``."""
+
+    @staticmethod
+    @hookimpl
+    def register_attacks(register):
+        register("oom-above-8", OutOfMemoryAbove8)
