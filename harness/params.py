@@ -108,7 +108,10 @@ def validate_params(model: type[BaseModel], values: dict[str, Any], label: str,
             hint = f"did you mean {close[0]!r}? " if close else ""
             hint += f"{label} takes: {', '.join(to_field) or 'no parameters'}"
             raise ParamError(str(key), f"unknown parameter {key!r} for {label}", hint=hint)
-    data = {to_field.get(k, k): v for k, v in values.items()}
+    # pydantic takes a field by its alias where it has one (``Field(alias="lambda")``)
+    by_alias = {f: info.alias or f for f, info in model.model_fields.items()}
+    data = {by_alias.get(f, f): v for f, v in
+            ((to_field.get(k, k), v) for k, v in values.items())}
     try:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:

@@ -218,3 +218,23 @@ def test_validate_and_plugins_import_neither_torch_nor_numpy(suite):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "[]", done.stderr
+
+
+class Shrink(Attack):
+    """A parameter named by a Python keyword, through a pydantic alias."""
+
+    class Params(Params):
+        lambda_: float = Field(0.1, alias="lambda", gt=0, description="the penalty")
+
+    def run(self, model, x, y, ctx):  # pragma: no cover - only its parameters are looked at
+        raise NotImplementedError
+
+
+def test_a_parameter_with_an_alias_is_written_by_its_alias_in_suites():
+    reg = make_registry(types_module(Shrink, "shrink"))
+    built = reg.build("attack", "shrink", {"lambda": 0.3})
+    assert built.lambda_ == 0.3 and Shrink(lambda_=0.2).lambda_ == 0.2
+    with pytest.raises(ParamError, match="lambda=-1"):
+        reg.build("attack", "shrink", {"lambda": -1})
+    with pytest.raises(ParamError, match="did you mean 'lambda'"):
+        reg.build("attack", "shrink", {"lambd": 0.3})
