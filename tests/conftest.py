@@ -16,6 +16,20 @@ SHARED_DATA = Path(os.environ.get("HARNESS_TEST_DATA", ROOT.parent / "shared" / 
 if str(HERE) not in sys.path:  # tiny_models is imported by suites' `factory:` strings
     sys.path.insert(0, str(HERE))
 
+if os.environ.get("HARNESS_REQUIRE_EXTRAS"):
+    # CI installs every optional extra: a test that would skip for a missing or broken one
+    # (an import that fails) fails instead, so that no extra goes untested unnoticed
+    _importorskip = pytest.importorskip
+
+    def _required(modname, *args, **kwargs):
+        try:
+            return _importorskip(modname, *args, **kwargs)
+        except pytest.skip.Exception as exc:
+            pytest.fail(f"{modname} cannot be imported, and HARNESS_REQUIRE_EXTRAS is set: "
+                        f"{exc}", pytrace=False)
+
+    pytest.importorskip = _required
+
 
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true",
