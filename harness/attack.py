@@ -175,18 +175,7 @@ class Attack(Plugin):
 
     def variants(self) -> list[tuple[str, "Attack"]]:
         """``[(label, attack)]``: one per value of the sweep parameter, else ``[("", self)]``."""
-        if self.sweep is None:
-            return [("", self)]
-        values = getattr(self, self.sweep)
-        if not isinstance(values, (list, tuple)):
-            return [("", self)]
-        out = []
-        for v in values:
-            params = self.params()
-            params[self.sweep] = v
-            clone = self._rebuilt(params)
-            out.append((f"{self.sweep}={v}", clone))
-        return out
+        return self._swept(self.sweep)
 
     def __call__(self, model: "Model", x: torch.Tensor, y: torch.Tensor,
                  ctx: "Context | None" = None) -> AttackResult:

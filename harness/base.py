@@ -132,6 +132,20 @@ class Plugin:
             return entry.name
         return f"{cls.__module__}.{cls.__qualname__}"
 
+    def _swept(self, sweep: str | None, label: Any = str) -> list[tuple[str, "Plugin"]]:
+        """``[(label, plugin)]``: one plugin per value of the list parameter ``sweep`` (each
+        under this one's registry entry), labelled ``sweep=label(value)``; else
+        ``[("", self)]``."""
+        values = getattr(self, sweep) if sweep is not None else None
+        if not isinstance(values, (list, tuple)):
+            return [("", self)]
+        out = []
+        for v in values:
+            params = self.params()
+            params[sweep] = v
+            out.append((f"{sweep}={label(v)}", self._rebuilt(params)))
+        return out
+
     def _rebuilt(self, params: dict[str, Any]) -> "Plugin":
         """A plugin of the same class with ``params``, under the same registry entry (so its
         labels and :attr:`seed_key`, and so its random streams, are this one's)."""

@@ -77,19 +77,9 @@ class Metric(Plugin):
 
     def variants(self) -> list[tuple[str, "Metric"]]:
         """``[(label, metric)]``: one per value of the sweep parameter, else ``[("", self)]``."""
-        if self.sweep is None:
-            return [("", self)]
-        values = getattr(self, self.sweep)
-        if not isinstance(values, (list, tuple)):
-            return [("", self)]
-        out = []
-        for v in values:
-            params = self.params()
-            params[self.sweep] = v
-            clone = self._rebuilt(params)
+        out = self._swept(self.sweep, lambda v: f"{v:g}" if isinstance(v, float) else v)
+        for _, clone in out:
             clone.name = self.name
-            out.append((f"{self.sweep}={v:g}" if isinstance(v, float) else f"{self.sweep}={v}",
-                        clone))
         return out
 
     def count(self, ev: Evaluation) -> int | None:

@@ -93,15 +93,9 @@ def _check_folder(param: str, path: Any, what: str) -> Path:
 
 
 def _check_file(param: str, path: Any, what: str) -> Path:
-    if not isinstance(path, (str, Path)) or not str(path).strip():
-        raise ParamError(param, f"{param} must name a {what}, not {path!r}")
-    p = Path(str(path)).expanduser()
-    if p.is_dir():
-        raise ParamError(param, f"{str(p)!r} is a folder, not a {what}")
-    if not p.is_file():
-        where = "" if p.is_absolute() else f" (relative to {Path.cwd()})"
-        raise ParamError(param, f"{what} {str(p)!r} not found{where}")
-    return p
+    from ..models.files import check_file
+
+    return Path(check_file(param, path, what))
 
 
 def read_classes(value: Any, param: str = "classes") -> tuple[dict[str, int], list[str] | None]:
