@@ -162,9 +162,12 @@ class TrainedClassifier(ModelPlugin):
         """A short architecture name, such as ``FC100-100-10``."""
         raise NotImplementedError
 
+    def _conv(self) -> list[int]:
+        return list(getattr(self, "conv", None) or [])
+
     def convex(self) -> bool:
         """Whether the trained part is a convex problem (then ``auto`` means L-BFGS)."""
-        return not self.hidden
+        return not self.hidden and not self._conv()
 
     def extra_key(self, data: Data) -> dict[str, Any]:
         """Anything beyond the parameters and the schedule that decides the weights."""
@@ -172,7 +175,7 @@ class TrainedClassifier(ModelPlugin):
 
     def num_weight_layers(self) -> int:
         """How many layers of the trained classifier carry a weight penalty."""
-        return len(self.hidden) + 1
+        return len(self._conv()) + len(self.hidden) + 1
 
     def fit(self, module: nn.Sequential, x: torch.Tensor, y: torch.Tensor, ctx: Context,
             label: str) -> dict[str, Any]:
@@ -205,6 +208,11 @@ class TrainedClassifier(ModelPlugin):
         return json.dumps(self.params(), sort_keys=True, default=str)
 
     def schedule(self, num_examples: int) -> Schedule:
+        if self._conv():   # a conv net: Adam, with the epochs and rate calibrated for it
+            return Schedule.resolve(self.optimizer, self.epochs, self.lr, self.batch_size,
+                                    convex=False, num_examples=num_examples,
+                                    default_epochs={"adam": CONV_EPOCHS},
+                                    default_lr={"adam": CONV_LR}, min_steps=CONV_MIN_STEPS)
         return Schedule.resolve(self.optimizer, self.epochs, self.lr, self.batch_size,
                                 convex=self.convex(), num_examples=num_examples)
 
@@ -303,20 +311,6 @@ class PaperMNIST(TrainedClassifier):
                 raise ParamError("conv", "conv and autoencoder do not combine",
                                  hint="a conv net trains end to end; drop one of them")
             return _weight_decay_fits(self)
-
-    def num_weight_layers(self) -> int:
-        return len(self.conv) + len(self.hidden) + 1
-
-    def convex(self) -> bool:
-        return not self.hidden and not self.conv
-
-    def schedule(self, num_examples: int) -> Schedule:
-        if not self.conv:
-            return super().schedule(num_examples)
-        return Schedule.resolve(self.optimizer, self.epochs, self.lr, self.batch_size,
-                                convex=False, num_examples=num_examples,
-                                default_epochs={"adam": CONV_EPOCHS},
-                                default_lr={"adam": CONV_LR}, min_steps=CONV_MIN_STEPS)
 
     def training_data(self, ctx: Context) -> Data:
         params: dict[str, Any] = {"split": self.train_split}
@@ -463,20 +457,6 @@ class MLP(TrainedClassifier):
     def training_data(self, ctx: Context) -> Data:
         params = dict(self.train)
         return ctx.dataset(params.pop("use"), **params)
-
-    def num_weight_layers(self) -> int:
-        return len(self.conv) + len(self.hidden) + 1
-
-    def convex(self) -> bool:
-        return not self.hidden and not self.conv
-
-    def schedule(self, num_examples: int) -> Schedule:
-        if not self.conv:
-            return super().schedule(num_examples)
-        return Schedule.resolve(self.optimizer, self.epochs, self.lr, self.batch_size,
-                                convex=False, num_examples=num_examples,
-                                default_epochs={"adam": CONV_EPOCHS},
-                                default_lr={"adam": CONV_LR}, min_steps=CONV_MIN_STEPS)
 
     def label(self, data: Data) -> str:
         widths = "-".join(str(w) for w in self.hidden + [data.num_classes])
