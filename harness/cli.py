@@ -194,7 +194,17 @@ def plugins(name: str | None, kind: str | None, verbose: bool) -> int:
     registry = default_registry()
     entries = [e for e in registry.entries(kind) if name is None or e.name == name]
     if name is not None and not entries:
-        registry.get(kind or _kind_of(registry, name), name)   # unknown: one line, hints
+        if kind is not None:
+            registry.get(kind, name)   # unknown: one line, with that kind's names
+        import difflib
+
+        from .errors import PluginError
+
+        names = sorted({e.name for e in registry.entries()})
+        close = difflib.get_close_matches(name, names, n=1)
+        raise PluginError(f"no plugin is named {name!r}",
+                          hint=(f"did you mean {close[0]!r}? " if close else "")
+                          + "harness plugins lists them all")
     if name is None:
         rows = [[e.kind, e.name, e.plugin, e.distribution, e.summary] for e in entries]
         click.echo(tabulate(_wrapped(rows, [None, None, None, None, 60]),
@@ -225,13 +235,6 @@ def _wrapped(rows: list[list[Any]], widths: list[int | None]) -> list[list[str]]
 
     return [[textwrap.fill(str(cell), width) if width and len(str(cell)) > width
              else str(cell) for cell, width in zip(row, widths)] for row in rows]
-
-
-def _kind_of(registry: Any, name: str) -> str:
-    for entry in registry.entries():
-        if entry.name == name:
-            return entry.kind
-    return "attack"
 
 
 def _doc(cls: type) -> str:

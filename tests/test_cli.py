@@ -159,6 +159,12 @@ def test_validate_ok_and_plugins_listing(write_suite, capsys):
     assert "mnist" in out and "gaussian-noise" not in out
 
 
+def test_an_unknown_plugin_name_is_one_line_with_the_closest_name(capsys):
+    code, _, err = run_cli(["plugins", "lbgfs"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "no plugin is named 'lbgfs'; did you mean 'lbfgs'?" in err and "attack" not in err
+
+
 def test_plugin_parameters_show_types_and_defaults_as_written_in_a_suite(capsys):
     code, out, _ = run_cli(["plugins", "torchvision", "-v"], capsys)
     rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.strip()}
